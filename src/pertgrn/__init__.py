@@ -5,13 +5,14 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from pertgrn import datasets, get, metrics, pl, pp, tl
+from pertgrn._settings import settings
 
 try:
     __version__ = version("pertgrn")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "get", "metrics", "models", "nn", "pl", "pp", "tl", "__version__"]
+__all__ = ["datasets", "get", "metrics", "models", "nn", "pl", "pp", "tl", "settings", "__version__"]
 
 
 def __getattr__(name: str):
