@@ -51,7 +51,9 @@ class PertgrnSettings:
 settings = PertgrnSettings()
 
 
-def progress(iterable: Iterable[T], *, total: int | None = None, desc: str | None = None, unit: str = "it") -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], *, total: int | None = None, desc: str | None = None, unit: str = "it"
+) -> Iterator[T]:
     """Iterate with a progress bar when :data:`settings.progress_bar <pertgrn.settings>` is on.
 
     Parameters

@@ -7,11 +7,10 @@ returns new arrays, so callers can validate everything before they touch user da
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
@@ -121,37 +120,19 @@ def get_design(adata: AnnData) -> dict[str, Any]:
     return dict(design)
 
 
-def split_targets(label: str, delimiter: str) -> list[str]:
-    """Split a condition label such as ``"KLF1+MAP2K6"`` into its targets."""
-    return [t.strip() for t in str(label).split(delimiter)]
+def did_you_mean(name: str, choices: Sequence[str], *, n: int = 3) -> str:
+    """`` Did you mean 'X'?`` for the closest of ``choices`` (case-insensitive), or an empty string.
 
-
-def design_matrix(
-    conditions: pd.Series | np.ndarray,
-    targets: list[str],
-    *,
-    control: str,
-    delimiter: str,
-) -> sparse.csr_matrix:
-    """Multi-hot cells × targets matrix: entry (i, j) is 1 if cell i's condition perturbs target j.
-
-    Controls have an empty row. Raises a :class:`KeyError` naming the first unknown target.
+    Examples
+    --------
+    >>> from pertgrn._utils import did_you_mean
+    >>> did_you_mean("stat1", ["STAT1", "IRF1"])
+    " Did you mean 'STAT1'?"
     """
-    index = {t: j for j, t in enumerate(targets)}
-    conditions = pd.Categorical(np.asarray(conditions))
-    # one multi-hot row per category, then one gather for all cells: no Python loop over cells
-    rows, cols = [], []
-    for c, cat in enumerate(conditions.categories):
-        if cat == control:
-            continue
-        for t in split_targets(cat, delimiter):
-            if t not in index:
-                raise KeyError(f"Perturbation target {t!r} (in condition {cat!r}) is not among the known targets.")
-            rows.append(c)
-            cols.append(index[t])
-    per_category = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(conditions.categories), len(targets))
-    )
-    per_category.sum_duplicates()
-    per_category.data[:] = 1.0
-    return per_category[conditions.codes]
+    import difflib
+
+    lowered = {str(c).lower(): str(c) for c in choices}
+    matches = difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    return " Did you mean " + " or ".join(repr(lowered[m]) for m in matches) + "?"

@@ -47,8 +47,10 @@ def test_threshold_gives_binary_grn(adata):
 def test_top_edges_by_magnitude(adata):
     adata.uns["toy"]["grn"] = np.array([[0.0, -3.0, 1.0], [2.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
     df = pg.get.grn_df(adata, key="toy", top_edges=2)
-    assert df[["source", "target"]].values.tolist() == [["B", "A"], ["A", "B"]]
-    assert df["weight"].tolist() == [2.0, -3.0]
+    # a signed graph ranks by magnitude: the repression A -| B is the strongest edge
+    assert df[["source", "target"]].values.tolist() == [["A", "B"], ["B", "A"]]
+    assert df["weight"].tolist() == [-3.0, 2.0]
+    assert pg.get.grn_df(adata, key="toy", threshold=2.5)["weight"].tolist() == [-3.0]
     assert len(pg.get.grn_df(adata, key="toy", top_edges=10)) == 4
     assert pg.get.grn_df(adata, key="toy", top_edges=0).empty
 
@@ -73,3 +75,69 @@ def test_errors(adata):
     adata.uns["bare"] = {"params": {}}
     with pytest.raises(KeyError, match="No GRN"):
         pg.get.grn_df(adata, key="bare")
+
+
+def _written(adata, grn, key="rec"):
+    from pertgrn._grn_store import write_grn
+
+    write_grn(adata, key=key, grn=grn, params={"method": "test"})
+    return adata
+
+
+def test_gene_record_stores_each_edge_once_and_reads_back(adata, tmp_path):
+    import anndata as ad
+
+    from pertgrn._grn_store import NodeGRN, read_grn
+
+    weights = np.array([[0.0, 0.8, 0.3], [0.05, 0.0, 0.6], [0.9, 0.2, 0.0]])
+    grn = NodeGRN(nodes=["A", "B", "U"], weights=weights, signed=False, min_weight=0.1)
+    _written(adata, grn)
+    record = adata.uns["rec"]
+    assert "grn" not in record and record["level"] == "gene" and record["edge_rule"] == {"min_weight": 0.1}
+    varp = adata.varp["rec_grn"]
+    assert sparse.issparse(varp) and varp.nnz == 1  # A -> B among measured genes; B -> A (0.05) fails the rule
+    assert set(map(tuple, record["unmeasured_edges"][["source", "target"]].to_numpy())) == {
+        ("A", "U"),
+        ("B", "U"),
+        ("U", "A"),
+        ("U", "B"),
+    }
+    adata.write_h5ad(tmp_path / "g.h5ad")
+    back = ad.read_h5ad(tmp_path / "g.h5ad")
+    expected = np.where(weights > 0.1, weights, 0.0)
+    np.testing.assert_allclose(read_grn(back, "rec").weights, expected, rtol=1e-6)
+    assert len(pg.get.grn_df(back, key="rec")) == 5
+
+
+def test_latent_dag_keeps_signs_through_the_store(adata, tmp_path):
+    import anndata as ad
+
+    from pertgrn._grn_store import LatentGRN
+
+    dag = np.array([[0.0, 0.7, -0.5], [0.0, 0.0, -0.9], [0.0, 0.0, 0.0]])
+    lift = pd.DataFrame({"latent": ["L0", "L1", "L2"], "gene": ["A", "B", "C"], "weight": [1.0, 1.0, 1.0]})
+    _written(adata, LatentGRN(latents=["L0", "L1", "L2"], dag=dag, lift=lift))
+    adata.write_h5ad(tmp_path / "l.h5ad")
+    back = ad.read_h5ad(tmp_path / "l.h5ad")
+    df = pg.get.grn_df(back, key="rec")
+    assert df[["source", "target"]].values.tolist() == [["L1", "L2"], ["L0", "L1"], ["L0", "L2"]]
+    np.testing.assert_allclose(df["weight"], [-0.9, 0.7, -0.5], rtol=1e-6)
+    # the lift to genes: one anchor per latent, so the same three signed edges between genes, also in varp
+    genes = pg.get.grn_df(back, key="rec", level="gene")
+    assert genes["weight"].round(6).tolist() == [-0.9, 0.7, -0.5]
+    assert back.varp["rec_grn"].nnz == 3 and back.varp["rec_grn"].min() == pytest.approx(-0.9)
+    with pytest.raises(ValueError, match="gene-level"):
+        pg.get.grn_df(adata, key="toy", level="latent")
+
+
+def test_lift_sums_over_anchor_genes():
+    from pertgrn._grn_store import LatentGRN
+
+    lift = pd.DataFrame({"latent": ["a", "a", "b"], "gene": ["G1", "G2", "G3"], "weight": [0.5, 2.0, 1.0]})
+    grn = LatentGRN(latents=["a", "b"], dag=np.array([[0.0, 0.4], [0.0, 0.0]]), lift=lift, min_weight=0.3)
+    lifted = grn.lifted()
+    table = pd.DataFrame(lifted.weights, index=lifted.nodes, columns=lifted.nodes)
+    assert table.loc["G1", "G3"] == pytest.approx(0.2) and table.loc["G2", "G3"] == pytest.approx(0.8)
+    assert np.count_nonzero(lifted.weights) == 2
+    below = LatentGRN(latents=["a", "b"], dag=np.array([[0.0, 0.2], [0.0, 0.0]]), lift=lift, min_weight=0.3)
+    assert not below.lifted().weights.any()

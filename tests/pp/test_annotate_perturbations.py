@@ -93,11 +93,24 @@ def test_duplicated_var_names():
 
 
 def test_design_matrix_matches_conditions():
-    from pertgrn._utils import design_matrix
+    from pertgrn._design import PerturbationDesign
 
     adata = _screen(["control", "A", "A+B", "Z", "control"])
     pg.pp.annotate_perturbations(adata)
-    D = design_matrix(
-        adata.obs["pertgrn_condition"], list(adata.uns["pertgrn"]["targets"]), control="control", delimiter="+"
-    )
+    design = PerturbationDesign.from_adata(adata)
+    D = design.multi_hot(adata.obs["pertgrn_condition"], list(design.targets))
     np.testing.assert_array_equal(D.toarray(), [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]])
+    with pytest.raises(KeyError, match="'Q'"):
+        design.multi_hot(["A+Q"], list(design.targets))
+
+
+def test_design_parses_any_delimiter():
+    from pertgrn._design import PerturbationDesign
+
+    adata = _screen(["ctrl", "A", "A_B", "B"])
+    pg.pp.annotate_perturbations(adata, control="ctrl", delimiter="_")
+    design = PerturbationDesign.from_adata(adata)
+    assert design.split("A_B") == ["A", "B"] and design.split("ctrl") == [] and design.is_single("B")
+    assert design.join(["B", "A"]) == "A_B" and design.join([]) == "ctrl"
+    D = design.multi_hot(adata.obs["pertgrn_condition"], ["A", "B"]).toarray()
+    np.testing.assert_array_equal(D, [[0, 0], [1, 0], [1, 1], [0, 1]])

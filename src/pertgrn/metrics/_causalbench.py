@@ -28,7 +28,8 @@ from scipy.sparse.csgraph import shortest_path
 from scipy.stats import mannwhitneyu
 from tqdm.auto import tqdm
 
-from pertgrn._utils import get_matrix, is_integer_counts, library_size, logger, split_targets
+from pertgrn._design import PerturbationDesign
+from pertgrn._utils import get_matrix, is_integer_counts, library_size, logger
 
 #: bytes allowed for one dense block of normalised expression (cells × genes chunk)
 _BLOCK_BYTES = 256 * 2**20
@@ -117,10 +118,9 @@ def _prepare_screen(
     bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
     rows_of = {lab: order[bounds[i] : bounds[i + 1]] for i, lab in enumerate(uniques)}
     control_rows = np.sort(np.concatenate([rows_of[c] for c in controls if c in rows_of]))
-    groups = {lab: rows for lab, rows in rows_of.items() if lab not in controls and delimiter not in lab}
-    perturbed = sorted(
-        {t for lab in uniques if lab not in controls for t in split_targets(lab, delimiter) if t and t not in controls}
-    )
+    parser = PerturbationDesign(control="", delimiter=delimiter, control_labels=tuple(controls))
+    groups = {lab: rows for lab, rows in rows_of.items() if parser.is_single(lab)}
+    perturbed = sorted({t for lab in uniques for t in parser.split(lab) if t and t not in controls})
 
     X = get_matrix(adata, layer)
     if normalize is None:

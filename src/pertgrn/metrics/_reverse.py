@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from pertgrn._utils import logger, split_targets
+from pertgrn._design import PerturbationDesign
+from pertgrn._utils import logger
 from pertgrn.metrics._align import _as_2d_float
 
 
@@ -34,7 +35,7 @@ def _target_lists(labels: Iterable[str], vocab: dict[str, int], delimiter: str) 
     rows, cols, n = [], [], 0
     for i, label in enumerate(labels):
         n = i + 1
-        for t in set(split_targets(label, delimiter)):
+        for t in set(PerturbationDesign(control="", delimiter=delimiter).split(label)):
             rows.append(i)
             cols.append(vocab.setdefault(t, len(vocab)))
     return rows, cols, n

@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
-from pertgrn._grn_store import read_grn
+from pertgrn._grn_store import edge_strength, read_grn
 from pertgrn.pl._utils import (
     MAX_TICK_LABELS,
     ROLE_TARGET,
@@ -78,8 +78,10 @@ def grn_heatmap(
     key
         The ``key_added`` of the model or baseline.
     threshold
-        Mask (draw as empty) every edge whose absolute weight is below ``threshold``; ``0.5`` on
-        GPO-VAE's edge probabilities shows the paper's binary GRN. ``None`` draws every weight.
+        Mask (draw as empty) every edge that pertgrn's edge rule drops: its strength (``|weight|``
+        for signed GRNs, the weight for probabilities) does not exceed ``threshold``
+        (:func:`pertgrn.get.grn_df`); ``0.5`` on GPO-VAE's edge probabilities shows the paper's
+        binary GRN. ``None`` draws every weight.
     nodes
         Draw only these nodes (rows and columns), kept in GRN order. ``None`` draws all nodes.
     show_node_labels
@@ -122,7 +124,8 @@ def grn_heatmap(
     check_flags(show=show, return_fig=return_fig)
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
         raise TypeError(f"`threshold` must be a number or None, found {type(threshold).__name__} ({threshold!r}).")
-    all_nodes, weights = read_grn(adata, key)
+    graph = read_grn(adata, key)
+    all_nodes, weights = graph.nodes, graph.weights
     chosen = select_nodes(all_nodes, nodes)
     names = np.asarray(all_nodes, dtype=object)[chosen]
     roles = node_roles(adata, names.tolist())
@@ -133,10 +136,10 @@ def grn_heatmap(
     n, n_targets = len(names), int(is_target.sum())
 
     hidden = ~np.isfinite(matrix)
-    if threshold is not None:
-        hidden |= np.abs(matrix) < threshold
+    if threshold is not None:  # the edge rule of pertgrn.get.grn_df: strength must exceed the threshold
+        hidden |= ~(edge_strength(matrix, graph.signed) > threshold)
     shown = matrix[~hidden]
-    signed = bool((shown < 0).any())
+    signed = graph.signed or bool((shown < 0).any())
     if isinstance(center, str):
         if center != "auto":
             raise ValueError(f'`center` must be a number, None or "auto", found {center!r}.')
@@ -169,7 +172,8 @@ def grn_heatmap(
     )
     ax.set_xlabel("target")
     ax.set_ylabel("regulator")
-    title = f"GRN {key!r}" + (f" (|weight| ≥ {threshold:g})" if threshold is not None else "")
+    strength = "|weight|" if graph.signed else "weight"
+    title = f"GRN {key!r}" + (f" ({strength} > {threshold:g})" if threshold is not None else "")
     ax.set_title(title, pad=24)
 
     label_nodes = n <= MAX_TICK_LABELS if show_node_labels is None else bool(show_node_labels)

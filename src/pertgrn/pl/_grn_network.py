@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
-from pertgrn._grn_store import read_grn
 from pertgrn.pl._utils import ROLE_COLORS, check_flags, figure_and_axes, node_roles, show_or_return
 
 #: Edge colours of signed networks.
@@ -24,18 +23,10 @@ UNSIGNED_COLOR = "#404040"
 
 
 def strongest_edges(adata: AnnData, *, key: str, threshold: float | None, top_edges: int) -> pd.DataFrame:
-    """The ``top_edges`` edges of largest |weight| (self-loops and zeros left out) as ``source, target, weight``."""
-    nodes, weights = read_grn(adata, key)
-    names = np.asarray(nodes, dtype=object)
-    weights = np.asarray(weights, dtype=float)
-    keep = ~np.eye(len(names), dtype=bool) & np.isfinite(weights) & (weights != 0)
-    if threshold is not None:
-        keep &= np.abs(weights) >= threshold
-    rows, cols = np.nonzero(keep)
-    magnitude = np.abs(weights[rows, cols])
-    order = np.argsort(-magnitude, kind="stable")[:top_edges]
-    rows, cols = rows[order], cols[order]
-    return pd.DataFrame({"source": names[rows], "target": names[cols], "weight": weights[rows, cols]})
+    """The ``top_edges`` strongest edges by pertgrn's edge rule (:func:`pertgrn.get.grn_df`), self-loops left out."""
+    from pertgrn.get import grn_df
+
+    return grn_df(adata, key=key, threshold=threshold, top_edges=top_edges)
 
 
 def layout(n_nodes: int, edges: list[tuple[int, int]], weights: np.ndarray, seed: int) -> np.ndarray:
@@ -82,7 +73,8 @@ def grn_network(
     top_edges
         Number of strongest edges (by absolute weight) to draw.
     threshold
-        Only consider edges whose absolute weight is at least ``threshold``.
+        Only consider edges whose strength (``|weight|`` for signed GRNs, the weight for
+        probabilities) exceeds ``threshold``: pertgrn's edge rule, as in :func:`pertgrn.get.grn_df`.
     node_size
         Marker area of the nodes, in points².
     font_size
@@ -125,7 +117,7 @@ def grn_network(
     if edges.empty:
         raise ValueError(
             f"The GRN under {key!r} has no edges to draw"
-            + (f" with |weight| ≥ {threshold}." if threshold is not None else ".")
+            + (f" with strength above {threshold}." if threshold is not None else ".")
             + " Lower `threshold` or check the GRN."
         )
     names = list(dict.fromkeys(np.ravel(edges[["source", "target"]].to_numpy()).tolist()))

@@ -9,7 +9,8 @@ import pandas as pd
 from anndata import AnnData
 
 from pertgrn._constants import CONDITION_KEY, KNOWN_CONTROL_LABELS, N_TARGETS_KEY, PERTURBED_KEY, UNS_KEY
-from pertgrn._utils import logger, split_targets
+from pertgrn._design import PerturbationDesign
+from pertgrn._utils import logger
 
 
 def _detect_control(labels: Sequence[str]) -> str:
@@ -30,7 +31,7 @@ def _canonical_condition(label: str, controls: set[str], delimiter: str) -> tupl
     """Targets of a label, sorted and de-duplicated; control tokens inside combinations (``"KLF1+ctrl"``) dropped."""
     if label in controls:
         return ()
-    parts = split_targets(label, delimiter)
+    parts = PerturbationDesign(control="", delimiter=delimiter).split(label)
     if any(p == "" for p in parts):
         raise ValueError(
             f"Perturbation label {label!r} splits on delimiter {delimiter!r} into an empty target name. "

@@ -10,7 +10,8 @@ import pandas as pd
 from anndata import AnnData
 
 from pertgrn._constants import CONDITION_KEY, EXTENDED_KEY, PERTURBED_KEY, UNS_KEY
-from pertgrn._utils import check_counts, get_design, log_normalize, logger, split_targets
+from pertgrn._design import PerturbationDesign
+from pertgrn._utils import check_counts, get_design, log_normalize, logger
 
 _METHODS = ("wilcoxon", "t-test", "t-test_overestim_var")
 
@@ -116,7 +117,7 @@ def select_extended_genes(
         if max_genes < 1:
             raise ValueError(f"`max_genes` must be at least 1, got {max_genes}.")
     design = get_design(adata)
-    control, delimiter = str(design["control"]), str(design.get("delimiter", "+"))
+    control = str(design["control"])
     if CONDITION_KEY not in adata.obs.columns or not isinstance(adata.obs[CONDITION_KEY].dtype, pd.CategoricalDtype):
         raise KeyError(
             f"adata.obs[{CONDITION_KEY!r}] is missing or not categorical. "
@@ -138,7 +139,8 @@ def select_extended_genes(
             "select_extended_genes: %d conditions with < %d cells not tested: %s", len(skipped), min_cells, skipped
         )
     targets = {str(t) for t in design.get("targets", [])}
-    targets |= {t for c in conditions for t in split_targets(c, delimiter)}
+    parser = PerturbationDesign.from_adata(adata)
+    targets |= {t for c in conditions for t in parser.split(c)}
     hits = pd.DataFrame(
         {"condition": pd.Series(dtype=str), "gene": pd.Series(dtype=str), "logfoldchange": [], "pval_adj": []}
     ).assign(score=pd.Series(dtype=float))

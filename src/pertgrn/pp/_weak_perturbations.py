@@ -10,7 +10,8 @@ from anndata import AnnData
 from scipy import sparse
 
 from pertgrn._constants import CONDITION_KEY, OT_PAIRING_KEY, PERTURBED_KEY, UNS_KEY
-from pertgrn._utils import check_counts, get_design, library_size, logger, split_targets
+from pertgrn._design import PerturbationDesign
+from pertgrn._utils import check_counts, get_design, library_size, logger
 
 #: pseudocount (in normalised counts) of the target log fold change; it only matters when a mean is 0
 _EPS = 1e-9
@@ -149,7 +150,7 @@ def filter_weak_perturbations(
     if not isinstance(copy, bool | np.bool_):
         raise TypeError(f"`copy` must be a bool, got {copy!r}.")
     design = get_design(adata)
-    control, delimiter = str(design["control"]), str(design.get("delimiter", "+"))
+    control = str(design["control"])
     if CONDITION_KEY not in adata.obs.columns or not isinstance(adata.obs[CONDITION_KEY].dtype, pd.CategoricalDtype):
         raise KeyError(
             f"adata.obs[{CONDITION_KEY!r}] is missing or not categorical. "
@@ -166,7 +167,8 @@ def filter_weak_perturbations(
     if control_cells.size == 0:
         raise ValueError(f"No control cells ({control!r}) in adata; the knockdown cannot be measured.")
     known_targets = [str(t) for t in design.get("targets", [])]
-    parsed = {c: split_targets(c, delimiter) for c in categories if c != control}
+    parser = PerturbationDesign.from_adata(adata)
+    parsed = {c: parser.split(c) for c in categories if c != control}
     unknown = sorted({t for ts in parsed.values() for t in ts} - set(known_targets))
     if unknown:
         raise ValueError(

@@ -9,8 +9,9 @@ import pandas as pd
 from anndata import AnnData
 
 from pertgrn._constants import CONDITION_KEY, EXTENDED_KEY
-from pertgrn._grn_store import write_grn
-from pertgrn._utils import check_counts, get_design, log_normalize, split_targets, to_dense
+from pertgrn._design import PerturbationDesign
+from pertgrn._grn_store import NodeGRN, write_grn
+from pertgrn._utils import check_counts, get_design, log_normalize, to_dense
 from pertgrn.get._ate import ate_df
 
 GRN_METHODS = ("de", "correlation", "random")
@@ -164,7 +165,7 @@ def baseline_grn(
     params = {"method": method, "seed": int(seed), "test_key": test_key or ""}
     if n_edges is not None:
         params["n_edges"] = int(n_edges)
-    write_grn(adata, key=key_added, nodes=nodes, weights=scores, params=params)
+    write_grn(adata, key=key_added, grn=NodeGRN(nodes=nodes, weights=scores, signed=False), params=params)
 
 
 def baseline_predict(
@@ -224,7 +225,7 @@ def baseline_predict(
     if method not in PREDICT_METHODS:
         raise ValueError(f"Unknown prediction baseline {method!r}; choose one of {PREDICT_METHODS}.")
     design = get_design(adata)
-    control, delimiter = design["control"], design["delimiter"]
+    control = design["control"]
     test = _test_mask(adata, test_key)
     train = ~test if test_key is not None else np.ones(adata.n_obs, dtype=bool)
     held_out = test if test_key is not None else np.ones(adata.n_obs, dtype=bool)
@@ -248,7 +249,7 @@ def baseline_predict(
                     raise KeyError(f"{p!r} has no training cells; the mean_shift baseline cannot predict it.")
                 rows.append(train_ate.loc[p].to_numpy())
                 continue
-            parts = split_targets(p, delimiter)
+            parts = PerturbationDesign.from_adata(adata).split(p)
             missing = [t for t in parts if t not in train_ate.index]
             if missing:
                 raise KeyError(f"The additive baseline needs training cells of the singles {missing} to predict {p!r}.")

@@ -2,77 +2,21 @@
 
 from __future__ import annotations
 
-import inspect
-import numbers
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 from anndata import AnnData
 
-from pertgrn._constants import CONDITION_KEY, EXTENDED_KEY, OT_PAIRING_KEY, QC_FAIL_KEY
-from pertgrn._grn_store import write_grn
-from pertgrn._utils import logger
+from pertgrn._constants import EXTENDED_KEY, OT_PAIRING_KEY, QC_FAIL_KEY
 
 if TYPE_CHECKING:
     from pertgrn.models import GPOVAE
-
-
-def _h5ad_safe(value: Any) -> Any:
-    """Convert a parameter value into something h5ad can store (``None`` entries are dropped upstream)."""
-    if isinstance(value, bool | str | numbers.Number | np.ndarray):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _h5ad_safe(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        items = [_h5ad_safe(v) for v in value]
-        if all(isinstance(v, str) for v in items) or all(
-            isinstance(v, numbers.Number) and not isinstance(v, bool) for v in items
-        ):
-            return items
-        return [str(v) for v in items]
-    return str(value)
-
-
-def _allowed_train_kwargs(train_params: Mapping[str, inspect.Parameter]) -> set[str]:
-    """Names ``GPOVAE.train`` accepts, including those it passes on to the scvi-tools / Lightning trainers."""
-    import lightning.pytorch as pl
-    from scvi.train import Trainer
-
-    names = {n for n, p in train_params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    for cls in (Trainer, pl.Trainer):
-        names |= {
-            n
-            for n, p in inspect.signature(cls.__init__).parameters.items()
-            if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-        }
-    return names - {"self"}
-
-
-def _predicted_ate(model: GPOVAE, adata: AnnData, *, chunk: int = 32) -> pd.DataFrame:
-    """Predicted effects of every observed condition, a few conditions at a time to bound memory."""
-    from pertgrn._utils import get_design
-
-    control = get_design(adata)["control"]
-    conditions = [str(c) for c in adata.obs[CONDITION_KEY].cat.categories if c != control]
-    if not conditions:
-        return pd.DataFrame(columns=adata.var_names)
-    parts = [model.get_ate(conditions[i : i + chunk]) for i in range(0, len(conditions), chunk)]
-    ate = pd.concat(parts).astype(np.float32)
-    ate.index.name = "perturbation"
-    return ate
-
-
-def gpovae_keys(key_added: str) -> dict[str, str]:
-    """Every AnnData key :func:`fit_gpovae` writes, derived from ``key_added``."""
-    return {"obsm": f"X_{key_added}", "varp": f"{key_added}_grn", "uns": key_added}
 
 
 def fit_gpovae(
     adata: AnnData,
     *,
     key_added: str = "gpovae",
+    test_key: str | None = None,
     layer: str | None = None,
     qc_key: str | None = QC_FAIL_KEY,
     pairing_key: str | None = OT_PAIRING_KEY,
@@ -96,13 +40,18 @@ def fit_gpovae(
         Raw integer counts in ``X`` or ``layer``, annotated by :mod:`pertgrn.pp`.
     key_added
         Names the outputs: ``obsm["X_<key_added>"]``, ``varp["<key_added>_grn"]``, ``uns[key_added]``.
+    test_key
+        Bool ``obs`` column of held-out cells (True). They never influence the fit — not as
+        training or validation cells, not as OT partners, not in the statistics computed at
+        set-up — so that :func:`pertgrn.tl.evaluate` with the same ``test_key`` scores the model
+        on cells it never saw. They still get latents in ``obsm``.
     layer
         Layer holding the counts; ``None`` uses ``X``.
     qc_key
         Bool ``obs`` column of QC-failing cells; ``None`` or absent: no artifact latent.
     pairing_key
         ``obsp`` key of the OT pairing; ``None`` needs ``model_kwargs={"gpo_loss": "sparsity"}``
-        or ``"none"``.
+        or ``"none"``. Only training reads it: embedding or predicting new cells does not.
     extended_key
         Bool ``var`` column of the extended genes (GRN nodes beside the targets); ``None``: targets only.
     max_epochs
@@ -124,22 +73,22 @@ def fit_gpovae(
     ``obsm["X_<key_added>"]``
         ``n_obs × n_latent`` float32 posterior mean of the basal state.
     ``varp["<key_added>_grn"]``
-        ``n_vars × n_vars`` float32 CSR of edge probabilities ``sigmoid(A)`` between measured nodes
-        (row = regulator, column = target; the diagonal holds the self-loops).
-    ``uns[key_added]["ate"]``
-        DataFrame condition × gene of the predicted average treatment effects of every observed
-        condition (:meth:`~pertgrn.models.GPOVAE.get_ate`), which :func:`pertgrn.tl.evaluate` and
-        :func:`pertgrn.pl.ate_scatter` compare with the observed ones.
+        ``n_vars × n_vars`` float32 CSR of the edge probabilities ``sigmoid(A)`` between measured
+        nodes that exceed ``GPOVAE.grn_min_weight`` (0.05; row = regulator, column = target; the
+        diagonal holds the self-loops).
     ``uns[key_added]``
-        ``params`` (model, training and setup arguments), ``keys`` (``{"obsm": …, "varp": …}``),
-        ``nodes`` (list of the ``T`` node names: every target, measured or not, then the extended
-        genes), ``grn`` (the ``T × T`` float32
-        edge probabilities over all nodes, so unmeasured targets are kept), ``history`` (DataFrame indexed by
-        epoch, one column per logged loss term, training and validation) and ``version``.
+        The GRN record (:mod:`pertgrn._grn_store`): ``level`` (``"gene"``), ``signed`` (False),
+        ``edge_rule``, ``nodes`` (every target, measured or not, then the extended genes) and
+        ``unmeasured_edges`` (stored edges with an unmeasured endpoint, long table); ``ate``
+        (DataFrame condition × gene of the predicted average treatment effects of every observed
+        condition, :meth:`~pertgrn.models.GPOVAE.get_ate`), ``history`` (DataFrame indexed by
+        epoch, one column per logged loss term), ``params`` (model, training and set-up arguments,
+        ``test_key``, ``random_state``, ``n_epochs_trained``), ``keys`` and ``version``.
 
     plus what :meth:`~pertgrn.models.GPOVAE.setup_anndata` registers
-    (``obsm["_pertgrn_gpovae_design"]``, ``obsm["_pertgrn_gpovae_delta_x"]``,
-    ``obs["_scvi_condition"]``, ``uns["_scvi_uuid"]``, ``uns["_scvi_manager_uuid"]``).
+    (``obsm["_pertgrn_design"]``, ``obsm["_pertgrn_partner_index"]``,
+    ``obsm["_pertgrn_partner_weight"]``, ``obs["_scvi_condition"]``, ``uns["_scvi_uuid"]``,
+    ``uns["_scvi_manager_uuid"]``).
 
     Examples
     --------
@@ -157,88 +106,25 @@ def fit_gpovae(
     >>> pg.get.grn_df(adata, key="gpovae").columns.tolist()
     ['source', 'target', 'weight']
     """
-    import scvi
-
     from pertgrn.models import GPOVAE
+    from pertgrn.models._base import fit_model
 
-    if not isinstance(adata, AnnData):
-        raise TypeError(f"`adata` must be an AnnData, found {type(adata).__name__}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"`key_added` must be a non-empty string, found {key_added!r}.")
-    for name, value in (("model_kwargs", model_kwargs), ("train_kwargs", train_kwargs)):
-        if value is not None and not isinstance(value, Mapping):
-            raise TypeError(f"`{name}` must be a dict or None, found {type(value).__name__}.")
-    model_kwargs = dict(model_kwargs or {})
-    train_kwargs = dict(train_kwargs or {})
-    GPOVAE.check_params(**model_kwargs)
-    train_params = inspect.signature(GPOVAE.train).parameters
-    allowed = _allowed_train_kwargs(train_params)
-    unknown = sorted(set(train_kwargs) - allowed)
-    if unknown:
-        raise TypeError(f"Unknown training argument(s) {unknown}; see `GPOVAE.train` and `scvi.train.Trainer`.")
-    if "max_epochs" in train_kwargs:
-        raise TypeError("Pass `max_epochs` directly, not inside `train_kwargs`.")
-    if max_epochs is not None and (
-        isinstance(max_epochs, bool) or not isinstance(max_epochs, numbers.Integral) or max_epochs < 1
-    ):
-        raise ValueError(f"`max_epochs` must be a positive integer or None, found {max_epochs!r}.")
-    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
-        raise TypeError(f"`random_state` must be an integer or None, found {random_state!r}.")
-    needs_pairing = model_kwargs.get("gpo_loss", "full") in ("full", "dge", "dge_khop")
+    gpo_loss = model_kwargs.get("gpo_loss", "full") if isinstance(model_kwargs, dict) else "full"
+    needs_pairing = gpo_loss in ("full", "dge", "dge_khop")
     if pairing_key is None and needs_pairing:
         raise ValueError(
             "pairing_key=None trains without the GPO fit term; also pass "
             "model_kwargs={'gpo_loss': 'sparsity'} (or 'none')."
         )
-
-    if random_state is not None:
-        scvi.settings.seed = int(random_state)
-    # setup validates everything before it writes its registration fields
-    GPOVAE.setup_anndata(adata, layer=layer, qc_key=qc_key, pairing_key=pairing_key, extended_key=extended_key)
-    model = GPOVAE(adata, **model_kwargs)
-    model.train(max_epochs=max_epochs, **train_kwargs)
-
-    keys = gpovae_keys(key_added)
-    latent = model.get_latent_representation()
-    probabilities = model._grn_probabilities()
-    history = model.history_summary()
-    nodes = list(model.nodes)
-    predicted_ate = _predicted_ate(model, adata)
-    train_defaults = {
-        name: p.default
-        for name, p in train_params.items()
-        if p.default is not inspect.Parameter.empty and p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    params = {
-        "model": {**model.init_params_["non_kwargs"]},
-        "train": {**train_defaults, **train_kwargs, "max_epochs": max_epochs if max_epochs is not None else "auto"},
-        "setup": {
-            "layer": layer,
-            "qc_key": qc_key,
-            "pairing_key": pairing_key,
-            "extended_key": extended_key,
-            "artifact_latent": bool(model.use_artifact),
-        },
-        "random_state": random_state,
-        "n_epochs_trained": int(history["train_loss"].notna().sum()) if "train_loss" in history else 0,
-    }
-    adata.obsm[keys["obsm"]] = latent.astype(np.float32)
-    write_grn(
+    setup = {"layer": layer, "qc_key": qc_key, "pairing_key": pairing_key, "extended_key": extended_key}
+    return fit_model(
+        GPOVAE,
         adata,
-        key=key_added,
-        nodes=nodes,
-        weights=probabilities,
-        params=_h5ad_safe({k: v for k, v in params.items() if v is not None}),
-        extra={
-            "keys": {"obsm": keys["obsm"], "varp": keys["varp"]},
-            "history": history,
-            "ate": predicted_ate,
-        },
+        key_added=key_added,
+        test_key=test_key,
+        setup_kwargs=setup,
+        model_kwargs=model_kwargs,
+        train_kwargs=train_kwargs,
+        max_epochs=max_epochs,
+        random_state=random_state,
     )
-    logger.info(
-        "GPOVAE: %d nodes, %d edges with probability > 0.5 (self-loops excluded); wrote %s",
-        len(nodes),
-        int(((probabilities > 0.5) & ~np.eye(len(nodes), dtype=bool)).sum()),
-        ", ".join(f"{slot}[{key!r}]" for slot, key in keys.items()),
-    )
-    return model

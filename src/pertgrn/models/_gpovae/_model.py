@@ -4,46 +4,32 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from anndata import AnnData
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalObsField
-from scvi.dataloaders import DataSplitter
-from scvi.model._utils import get_max_epochs_heuristic
-from scvi.model.base import BaseModelClass
-from scvi.train import TrainRunner
 
 from pertgrn._constants import CONDITION_KEY, EXTENDED_KEY, OT_PAIRING_KEY, QC_FAIL_KEY
-from pertgrn._utils import check_counts, get_design, logger
-from pertgrn.models._base import NodeGRNMixin
-from pertgrn.models._gpovae._fields import (
-    DELTA_OBSM_KEY,
-    DESIGN_OBSM_KEY,
-    DerivedObsmField,
-    compute_delta_x,
-    compute_design,
-)
-from pertgrn.models._gpovae._module import (
-    CONDITION_KEY as CONDITION_REGISTRY_KEY,
-)
-from pertgrn.models._gpovae._module import (
-    DELTA_KEY,
+from pertgrn._design import PerturbationDesign
+from pertgrn._grn_store import NodeGRN
+from pertgrn._utils import check_counts, logger
+from pertgrn.models._base import (
+    CONDITION_REGISTRY_KEY,
     DESIGN_KEY,
-    GPO_LOSSES,
+    PARTNER_INDEX_KEY,
     QC_KEY,
-    GPOVAEModule,
+    PerturbationModel,
+    check_bool_column,
+    design_field,
+    partner_fields,
 )
+from pertgrn.models._gpovae._module import GPO_LOSSES, GPOVAEModule
 from pertgrn.models._gpovae._trainingplan import GPOVAETrainingPlan
-
-#: target sum of the normalisation behind ATEs (counts per 10k, log2(1 + x) as in the reference)
-ATE_TARGET_SUM = 1e4
 
 _POSITIVE_INTS = (
     "n_latent",
@@ -57,19 +43,7 @@ _POSITIVE_INTS = (
 _NON_NEGATIVE_FLOATS = ("gpo_weight", "sparsity_weight", "ade_weight")
 
 
-def _check_bool_column(values: pd.Series, where: str) -> np.ndarray:
-    """Return a bool array from a bool or 0/1 column, or raise a TypeError/ValueError."""
-    if pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(dtype=bool)
-    if pd.api.types.is_numeric_dtype(values):
-        array = values.to_numpy()
-        if np.isnan(array.astype(float)).any() or not np.isin(array, (0, 1)).all():
-            raise ValueError(f"{where} must hold booleans (or 0/1), found other values.")
-        return array.astype(bool)
-    raise TypeError(f"{where} must be boolean, found dtype {values.dtype}.")
-
-
-class GPOVAE(NodeGRNMixin, BaseModelClass):
+class GPOVAE(PerturbationModel):
     """GPO-VAE: a disentangled VAE whose perturbation-mask logits form a GRN (Baek et al. 2025).
 
     Three latents explain each cell: the perturbation effect ``Z_p = D (E ⊙ M)``, where ``D`` is the
@@ -128,7 +102,11 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
 
     - KL terms are analytic (Bernoulli for ``M``, Gaussian for ``E``, ``u`` and ``z_b``) instead of
       single-sample Monte Carlo estimates; the global terms are shared by the cells of a plate with
-      weight ``D_ct / N_t`` as in SAMS-VAE, ``N_t`` counted over all registered cells.
+      weight ``D_ct / N_t`` as in SAMS-VAE, ``N_t`` counted over the training cells. Every KL term
+      is multiplied by the training plan's ``kl_weight`` (1 unless ``n_epochs_kl_warmup`` is set).
+    - Statistics computed at set-up (normalisation moments, plate sizes, counterfactual profiles,
+      the library size behind ``ΔX``) use the training cells only: cells held out with
+      ``test_key`` never influence the fit.
     - Each cell's likelihood is evaluated under its own ``a``; the reference reweights clean and
       QC-failing cells by the failing fraction of the minibatch.
     - The artifact-disentanglement partner of a cell is the median profile of the cells of the same
@@ -136,8 +114,12 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
       loss is the exact Gaussian KL averaged over the minibatch (the reference's formula leaves
       ``(μ1 - μ2)²`` undivided by ``σ2²`` and sums over cells).
     - QC-failing cells are left out of the GPO fit term, whose ``|ΔX|`` they would distort.
-    - ``ΔX`` uses the OT plan-weighted mean of the paired controls (the reference: the single
-      control with the largest Sinkhorn weight).
+    - ``ΔX`` is computed in the module from each cell's OT partners, which the paired data loader
+      puts in the minibatch: the plan-weighted mean of the (at most ``max_partners``) heaviest
+      paired controls (the reference: the single control with the largest Sinkhorn weight).
+    - The GPO fit term is averaged over the perturbed, QC-passing cells with a partner (the
+      reference averages over the whole minibatch, so control cells dilute its gradient by the
+      control fraction).
     - Embeddings and masks are sampled only for the nodes perturbed in the minibatch (the other
       rows have zero weight in every term), and the K-hop rows are built by row-vector iteration.
 
@@ -160,8 +142,24 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
 
     _module_cls = GPOVAEModule
     _training_plan_cls = GPOVAETrainingPlan
-    _data_splitter_cls = DataSplitter
-    _train_runner_cls = TrainRunner
+    grn_level = "gene"
+    #: reference settings (dmis-lab/GPO-VAE ``demo/gpo_vae_replogle.yaml``): batch 512, 5 particles,
+    #: Adam 3e-4, gradient clipping at 100, early stopping with patience 30
+    _train_defaults = {
+        "batch_size": 512,
+        "early_stopping": True,
+        "plan_kwargs": {"n_particles": 5, "lr": 3e-4},
+        "trainer_kwargs": {
+            "gradient_clip_val": 100.0,
+            "early_stopping_monitor": "validation_loss",
+            "early_stopping_patience": 30,
+            # metrics are logged per epoch; validate every epoch so the history holds both sets
+            "log_every_n_steps": 1,
+            "check_val_every_n_epoch": 1,
+        },
+    }
+    #: edges with probability at or below this are not stored in the AnnData (the GRN record's rule)
+    grn_min_weight = 0.05
 
     def __init__(
         self,
@@ -187,44 +185,44 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         params = {k: v for k, v in locals().items() if k not in ("self", "adata", "__class__")}
         self.check_params(**params)
         super().__init__(adata)
+        self._init_design()
         manager = self.adata_manager
-        design_state = manager.get_state_registry(DESIGN_KEY)
-        self.nodes = [str(n) for n in design_state["column_names"]]
-        self.n_targets = int(design_state["n_targets"])
-        self.control = str(design_state["control"])
-        self.delimiter = str(design_state["delimiter"])
-        var_names = adata.var_names
-        has_delta = DELTA_KEY in manager.data_registry
-        if has_delta:
-            measured = [str(g) for g in manager.get_state_registry(DELTA_KEY)["column_names"]]
-        else:
-            measured = [n for n in self.nodes if n in var_names]
-            if gpo_loss in ("full", "dge", "dge_khop"):
-                raise ValueError(
-                    f"gpo_loss={gpo_loss!r} needs the OT pairing: set the AnnData up with a `pairing_key`, "
-                    "or choose gpo_loss='sparsity' or 'none'."
-                )
-        node_position = {n: i for i, n in enumerate(self.nodes)}
-        self.measured_nodes = measured
+        self.n_targets = int(manager.get_state_registry(DESIGN_KEY)["n_targets"])
+        if not self.has_partners and gpo_loss in ("full", "dge", "dge_khop"):
+            raise ValueError(
+                f"gpo_loss={gpo_loss!r} needs the OT pairing: set the AnnData up with a `pairing_key`, "
+                "or choose gpo_loss='sparsity' or 'none'."
+            )
+        nodes = self.nodes
+        var_names = self.adata.var_names
+        self.measured_nodes = [n for n in nodes if n in var_names]
+        node_position = {n: i for i, n in enumerate(nodes)}
 
+        # statistics of the training cells only: held-out cells never influence the fit
+        train = self.training_mask()
         counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        design = sparse.csr_matrix(manager.get_from_registry(DESIGN_KEY))
+        train_counts = counts[train]
+        design = sparse.csr_matrix(manager.get_from_registry(DESIGN_KEY))[train]
         node_counts = np.asarray(design.sum(axis=0)).ravel()
-        log_mean, log_std = _log1p_moments(counts)
-        conditions = np.asarray(manager.get_from_registry(CONDITION_REGISTRY_KEY)).ravel().astype(np.int64)
+        log_mean, log_std = _log1p_moments(train_counts)
+        library = np.asarray(train_counts.sum(axis=1)).ravel()
+        target_sum = float(np.median(library[library > 0])) if (library > 0).any() else 1.0
+        conditions = np.asarray(manager.get_from_registry(CONDITION_REGISTRY_KEY)).ravel().astype(np.int64)[train]
         n_conditions = len(manager.get_state_registry(CONDITION_REGISTRY_KEY).categorical_mapping)
         cf_profiles = cf_valid = None
         n_qc_fail = 0
         self.use_artifact = QC_KEY in manager.data_registry
         if self.use_artifact:
-            qc = np.asarray(manager.get_from_registry(QC_KEY)).ravel().astype(bool)
+            qc = np.asarray(manager.get_from_registry(QC_KEY)).ravel().astype(bool)[train]
             n_qc_fail = int(qc.sum())
-            cf_profiles, cf_valid = _counterfactual_profiles(counts, conditions, qc, n_conditions)
+            cf_profiles, cf_valid = _counterfactual_profiles(train_counts, conditions, qc, n_conditions)
 
         self.module = self._module_cls(
-            n_genes=adata.n_vars,
-            n_nodes=len(self.nodes),
-            measured_node_index=torch.as_tensor([node_position[g] for g in measured], dtype=torch.long),
+            n_genes=self.adata.n_vars,
+            n_nodes=len(nodes),
+            measured_node_index=torch.as_tensor([node_position[g] for g in self.measured_nodes], dtype=torch.long),
+            measured_gene_index=torch.as_tensor(var_names.get_indexer(self.measured_nodes), dtype=torch.long),
+            target_sum=target_sum,
             node_counts=torch.as_tensor(node_counts, dtype=torch.float32),
             log_mean=torch.as_tensor(log_mean),
             log_std=torch.as_tensor(log_std),
@@ -237,10 +235,15 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         # with an artifact latent but no failing cell, keep the (unused) artifact path switched on
         self.module.use_artifact = self.use_artifact
         self._model_summary_string = (
-            f"GPOVAE with {len(self.nodes)} nodes ({self.n_targets} targets, {len(measured)} measured), "
+            f"GPOVAE with {len(nodes)} nodes ({self.n_targets} targets, {len(self.measured_nodes)} measured), "
             f"n_latent={n_latent}, gpo_loss={gpo_loss!r}, artifact latent: {self.use_artifact}."
         )
         self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def nodes(self) -> list[str]:
+        """GRN nodes: every perturbation target (measured or not), then the extended genes."""
+        return self.design_columns
 
     # ------------------------------------------------------------------------------------------
     # validation and setup
@@ -297,6 +300,8 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         qc_key: str | None = QC_FAIL_KEY,
         pairing_key: str | None = OT_PAIRING_KEY,
         extended_key: str | None = EXTENDED_KEY,
+        max_partners: int = 8,
+        test_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an annotated screen with GPO-VAE.
@@ -320,6 +325,12 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         extended_key
             Bool ``var`` column of the extended genes that join the targets as GRN nodes; ``None``
             uses the targets only.
+        max_partners
+            OT partners kept per perturbed cell (the heaviest of its row of the plan).
+        test_key
+            Bool ``obs`` column of held-out cells: they are never training, validation or partner
+            cells, and the model's set-up statistics ignore them. :func:`pertgrn.tl.fit_gpovae`
+            passes its ``test_key`` here.
         **kwargs
             Passed on by scvi-tools when a saved model is set up on new data (``source_registry``).
 
@@ -327,11 +338,12 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         -------
         ``None``. Writes, as scvi-tools models do:
 
-        ``obsm["_pertgrn_gpovae_design"]``
+        ``obsm["_pertgrn_design"]``
             CSR ``n_obs × T`` multi-hot design over the nodes.
-        ``obsm["_pertgrn_gpovae_delta_x"]``
-            Dense float32 ``n_obs × T_measured``: ``|log-normalised x - paired control mean|`` on the
-            measured nodes (only with ``pairing_key``).
+        ``obsm["_pertgrn_partner_index"]``, ``obsm["_pertgrn_partner_weight"]``
+            ``n_obs × max_partners`` int32 indices and float32 weights of each perturbed cell's
+            heaviest OT partners (weights summing to one; ``-1`` / ``0`` where there is none;
+            only with ``pairing_key``). Held-out cells are never partners.
         ``obs["_scvi_condition"]``
             Integer codes of ``obs["pertgrn_condition"]``.
         ``uns["_scvi_uuid"]``, ``uns["_scvi_manager_uuid"]``
@@ -340,28 +352,23 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         setup_method_args = cls._get_setup_method_args(**locals())
         source_registry = kwargs.get("source_registry")
         check_counts(adata, layer)
-        design = get_design(adata)
-        if CONDITION_KEY not in adata.obs:
-            raise KeyError(
-                f"adata.obs[{CONDITION_KEY!r}] is missing. Run `pertgrn.pp.annotate_perturbations(adata, ...)` first."
-            )
-        design_values = delta_values = None
+        design = PerturbationDesign.from_adata(adata)
+        if isinstance(max_partners, bool) or not isinstance(max_partners, numbers.Integral) or max_partners < 1:
+            raise ValueError(f"`max_partners` must be a positive integer, found {max_partners!r}.")
+        if test_key is not None and test_key in adata.obs:
+            check_bool_column(adata.obs[test_key], f"adata.obs[{test_key!r}]")
         if source_registry is not None:
             registries = source_registry["field_registries"]
             design_state = registries[DESIGN_KEY]["state_registry"]
             nodes = [str(n) for n in design_state["column_names"]]
             n_targets = int(design_state["n_targets"])
-            control, delimiter = str(design_state["control"]), str(design_state["delimiter"])
-            has_delta = bool(registries.get(DELTA_KEY, {}).get("data_registry"))
-            measured = [str(g) for g in registries[DELTA_KEY]["state_registry"]["column_names"]] if has_delta else []
             use_qc = bool(registries.get(QC_KEY, {}).get("data_registry"))
             if use_qc and (qc_key is None or qc_key not in adata.obs):
                 raise KeyError(f"The model was trained with an artifact latent; adata.obs[{qc_key!r}] is missing.")
-            if not has_delta:
+            if not registries.get(PARTNER_INDEX_KEY, {}).get("data_registry"):
                 pairing_key = None
         else:
-            targets = [str(t) for t in design["targets"]]
-            control, delimiter = str(design["control"]), str(design["delimiter"])
+            targets = list(design.targets)
             extended: list[str] = []
             if extended_key is not None:
                 if extended_key not in adata.var:
@@ -369,49 +376,38 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
                         f"adata.var[{extended_key!r}] is missing. Run `pertgrn.pp.select_extended_genes(adata)` "
                         "first, or pass `extended_key=None` to use the perturbation targets as the only nodes."
                     )
-                flags = _check_bool_column(adata.var[extended_key], f"adata.var[{extended_key!r}]")
+                flags = check_bool_column(adata.var[extended_key], f"adata.var[{extended_key!r}]")
                 target_set = set(targets)
                 extended = sorted(g for g in adata.var_names[flags].astype(str) if g not in target_set)
             nodes = targets + extended
             n_targets = len(targets)
             if not nodes:
                 raise ValueError("The screen has no perturbation targets; GPO-VAE needs at least one node.")
-            measured = [n for n in nodes if n in adata.var_names]
-            design_values = compute_design(adata, nodes)
-            if pairing_key is not None:
-                if not measured:
-                    raise ValueError("No node has an expression column, so the GPO fit term has nothing to fit.")
-                delta_values = compute_delta_x(adata, measured, layer=layer, pairing_key=pairing_key)
+            if pairing_key is not None and not any(n in adata.var_names for n in nodes):
+                raise ValueError("No node has an expression column, so the GPO fit term has nothing to fit.")
             use_qc = qc_key is not None and qc_key in adata.obs
             if qc_key is not None and not use_qc:
                 logger.info("adata.obs[%r] is absent: GPOVAE is set up without an artifact latent.", qc_key)
         if use_qc:
-            _check_bool_column(adata.obs[qc_key], f"adata.obs[{qc_key!r}]")
+            check_bool_column(adata.obs[qc_key], f"adata.obs[{qc_key!r}]")
 
-        design_field = DerivedObsmField(
-            DESIGN_KEY,
-            DESIGN_OBSM_KEY,
-            compute=compute_design,
-            columns=nodes,
-            precomputed=design_values,
-            extra_state={"n_targets": n_targets, "control": control, "delimiter": delimiter},
-        )
+        # every field is computed (and validated) before the manager writes anything
+        designed = design_field(adata, nodes)
+        designed._extra_state["n_targets"] = n_targets
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
-            design_field,
+            designed,
             CategoricalObsField(CONDITION_REGISTRY_KEY, CONDITION_KEY),
         ]
         if use_qc:
             fields.append(NumericalObsField(QC_KEY, qc_key))
         if pairing_key is not None:
-            fields.append(
-                DerivedObsmField(
-                    DELTA_KEY,
-                    DELTA_OBSM_KEY,
-                    compute=partial(compute_delta_x, layer=layer, pairing_key=pairing_key),
-                    columns=measured,
-                    precomputed=delta_values,
-                )
+            fields += partner_fields(
+                adata,
+                pairing_key=pairing_key,
+                max_partners=int(max_partners),
+                test_key=test_key,
+                transfer=source_registry is not None,
             )
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
@@ -420,72 +416,38 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
     # ------------------------------------------------------------------------------------------
     # training
     # ------------------------------------------------------------------------------------------
-    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True) -> AnnData:
-        """Register ``adata`` against this model's setup; on failure, remove every key the attempt added.
-
-        Transferring the registry writes the derived fields one by one, so a screen that lacks one
-        input (e.g. ``obsp["ot_pairing"]``) would otherwise keep the fields written before it.
-        """
-        if adata is None or adata is self.adata:
-            return super()._validate_anndata(adata, copy_if_view=copy_if_view)
-        before = {slot: set(getattr(adata, slot).keys()) for slot in ("obs", "obsm", "uns")}
-        try:
-            return super()._validate_anndata(adata, copy_if_view=copy_if_view)
-        except Exception:
-            for slot, keys in before.items():
-                mapping = getattr(adata, slot)
-                for key in [k for k in mapping.keys() if k not in keys]:
-                    del mapping[key]
-            raise
-
     def train(
         self,
         max_epochs: int | None = None,
         *,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        train_size: float | None = None,
-        validation_size: float | None = None,
-        shuffle_set_split: bool = True,
-        batch_size: int = 512,
-        n_particles: int = 5,
-        lr: float = 3e-4,
-        gradient_clip_val: float | None = 100.0,
-        early_stopping: bool = True,
-        early_stopping_patience: int = 30,
-        datasplitter_kwargs: dict | None = None,
+        n_particles: int | None = None,
+        lr: float | None = None,
         plan_kwargs: dict | None = None,
-        **trainer_kwargs,
+        **kwargs,
     ) -> None:
-        """Train the model (GPU when present, CPU otherwise), with Lightning's progress bar.
+        """Train the model (GPU when present, CPU otherwise) through scvi-tools' training loop.
+
+        Defaults are the reference implementation's: minibatches of 512 cells, 5 particles, Adam
+        with ``lr = 3e-4``, gradient clipping at 100, early stopping on the validation loss with
+        patience 30; ``max_epochs=None`` uses scvi-tools' heuristic (at most 400). Cells held out
+        at set-up (``test_key``) are never training or validation cells.
 
         Parameters
         ----------
         max_epochs
-            Maximum number of epochs; ``None`` uses scvi-tools' heuristic (at most 400; the reference
-            trains up to 2,000 with early stopping).
-        accelerator, devices
-            Lightning accelerator and devices; ``"auto"`` picks a GPU when one is available.
-        train_size, validation_size, shuffle_set_split
-            Split of the cells (scvi-tools' :class:`~scvi.dataloaders.DataSplitter`; default 90 %
-            training, 10 % validation). Cells in neither set form ``test_indices``.
-        batch_size
-            Minibatch size (reference: 512).
+            Maximum number of epochs.
         n_particles
             Samples of the latents per step (reference: 5).
         lr
             Adam learning rate (reference: 3e-4).
-        gradient_clip_val
-            Gradient-norm clipping (reference: 100); ``None`` disables it.
-        early_stopping, early_stopping_patience
-            Stop when ``validation_loss`` has not improved for ``early_stopping_patience`` epochs
-            (reference: patience 30).
-        datasplitter_kwargs
-            Further arguments of :class:`~scvi.dataloaders.DataSplitter` (e.g. ``external_indexing``).
         plan_kwargs
-            Further arguments of :class:`~pertgrn.models._gpovae._trainingplan.GPOVAETrainingPlan`.
-        **trainer_kwargs
-            Further arguments of :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+            Further arguments of :class:`~pertgrn.models._gpovae._trainingplan.GPOVAETrainingPlan`
+            (e.g. ``n_epochs_kl_warmup``).
+        **kwargs
+            Arguments of :meth:`pertgrn.models._base.PerturbationModel.train` (``batch_size``,
+            ``train_size``, ``validation_size``, ``early_stopping``, ``accelerator``, ``devices``,
+            ``datasplitter_kwargs``) and of :class:`scvi.train.Trainer` (e.g.
+            ``enable_progress_bar=False``, ``early_stopping_patience``, ``gradient_clip_val``).
 
         Returns
         -------
@@ -493,72 +455,28 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         every loss term (``reconstruction``, ``kl_basal``, ``kl_mask``, ``kl_embedding``,
         ``kl_artifact``, ``gpo_fit``, ``sparsity``, ``ade``, ``n_edges``) for training and validation.
         """
-        if max_epochs is None:
-            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
-        if isinstance(max_epochs, bool) or not isinstance(max_epochs, numbers.Integral) or max_epochs < 1:
-            raise ValueError(f"`max_epochs` must be a positive integer, found {max_epochs!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, found {batch_size!r}.")
-        if early_stopping and train_size is not None and validation_size is not None and validation_size <= 0:
-            raise ValueError("Early stopping monitors the validation loss: pass a validation_size > 0.")
-        data_splitter = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            shuffle_set_split=shuffle_set_split,
-            batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
-        )
         plan_kwargs = dict(plan_kwargs or {})
-        plan_kwargs.setdefault("lr", lr)
-        training_plan = self._training_plan_cls(self.module, n_particles=n_particles, **plan_kwargs)
-        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-        trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-        trainer_kwargs.setdefault("gradient_clip_val", gradient_clip_val)
-        # metrics are logged per epoch only; this silences Lightning's warning on short epochs
-        trainer_kwargs.setdefault("log_every_n_steps", 1)
-        # validate every epoch so the history always holds the validation terms
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        runner = self._train_runner_cls(
-            self,
-            training_plan=training_plan,
-            data_splitter=data_splitter,
-            max_epochs=int(max_epochs),
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            **trainer_kwargs,
-        )
-        runner()
+        if n_particles is not None:
+            plan_kwargs["n_particles"] = n_particles
+        if lr is not None:
+            plan_kwargs["lr"] = lr
+        super().train(max_epochs, plan_kwargs=plan_kwargs, **kwargs)
 
-    def history_summary(self) -> pd.DataFrame:
-        """Per-epoch training history as one table (h5ad-writable).
-
-        Returns
-        -------
-        :class:`pandas.DataFrame` indexed by epoch (index name ``"epoch"``), one float column per
-        logged metric (e.g. ``train_loss``, ``validation_loss``, ``gpo_fit_train``,
-        ``kl_mask_validation``); empty when the model was not trained.
-        """
-        columns = []
-        for name, frame in (self.history or {}).items():
-            frame = pd.DataFrame(frame)
-            if frame.shape[1] != 1 or str(name).endswith("_step"):
-                continue
-            series = frame.iloc[:, 0].astype(np.float64)
-            series.index = pd.Index(np.asarray(frame.index, dtype=np.int64))
-            columns.append(series.rename(str(name)))
-        if not columns:
-            return pd.DataFrame(index=pd.Index([], dtype=np.int64, name="epoch"))
-        table = pd.concat(columns, axis=1).sort_index()
-        table.index.name = "epoch"
-        return table
+    def _partner_columns(self) -> np.ndarray:
+        """The paired loader needs the partners' counts on the measured nodes only."""
+        return self.adata.var_names.get_indexer(self.measured_nodes)
 
     # ------------------------------------------------------------------------------------------
     # getters (they return, never write)
     # ------------------------------------------------------------------------------------------
     def _grn_probabilities(self) -> np.ndarray:
         return torch.sigmoid(self.module.grn_logits.detach()).cpu().numpy().astype(np.float64)
+
+    def _grn_record(self) -> NodeGRN:
+        """Edge probabilities ``sigmoid(A)`` over the nodes; edges above ``grn_min_weight`` are stored."""
+        return NodeGRN(
+            nodes=self.nodes, weights=self._grn_probabilities(), signed=False, min_weight=self.grn_min_weight
+        )
 
     @torch.inference_mode()
     def get_latent_representation(
@@ -573,7 +491,7 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         Parameters
         ----------
         adata
-            AnnData set up like the training data; ``None`` uses the model's.
+            AnnData set up like the training data (its OT pairing is not needed); ``None`` uses the model's.
         indices
             Cells to use; ``None`` uses all.
         give_mean
@@ -597,147 +515,30 @@ class GPOVAE(NodeGRNMixin, BaseModelClass):
         return torch.cat(latents).numpy()
 
     def _basal_states(self, adata: AnnData | None, n_cells: int) -> torch.Tensor:
-        """``n_cells`` basal states: prior draws, or posterior means of ``adata``'s control cells."""
+        """Prior draws ``N(0, I)``, or posterior means of ``adata``'s (QC-passing) control cells."""
         if adata is None:
-            return torch.randn(n_cells, self.module.n_latent, device=self.device)
+            return torch.randn(n_cells, self.module.n_latent, device=self.module.device)
         adata = self._validate_anndata(adata)
-        design = get_design(adata)
-        keep = np.asarray(adata.obs[CONDITION_KEY] == design["control"])
+        keep = np.asarray(adata.obs[CONDITION_KEY] == self.design.control)
         if self.use_artifact:
             qc_key = self.registry["setup_args"]["qc_key"]
-            keep &= ~_check_bool_column(adata.obs[qc_key], f"adata.obs[{qc_key!r}]")
+            keep &= ~check_bool_column(adata.obs[qc_key], f"adata.obs[{qc_key!r}]")
         controls = np.flatnonzero(keep)
         if controls.size == 0:
             raise ValueError("`adata` has no (QC-passing) control cells to take basal states from.")
         chosen = controls[torch.randint(controls.size, (n_cells,)).numpy()]
         unique, inverse = np.unique(chosen, return_inverse=True)
         latent = self.get_latent_representation(adata, indices=unique, give_mean=True)
-        return torch.as_tensor(latent[inverse], device=self.device)
+        return torch.as_tensor(latent[inverse], device=self.module.device)
 
-    @torch.inference_mode()
-    def _generate(
-        self,
-        design: np.ndarray,
-        n_cells: int,
-        basal: torch.Tensor,
-        library_size: float,
-        sample: bool,
-        batch_size: int,
-    ) -> np.ndarray:
-        """Artifact-free expression of ``n_cells`` cells per design row (rows × n_cells × genes)."""
-        out = np.empty((design.shape[0], n_cells, self.module.n_genes), dtype=np.float32)
-        theta = torch.exp(self.module.log_theta)
-        for k in range(design.shape[0]):
-            row = torch.as_tensor(design[k], device=self.device).unsqueeze(0)
-            for start in range(0, n_cells, batch_size):
-                stop = min(start + batch_size, n_cells)
-                rho = self.module.generate(row.expand(stop - start, -1), basal[start:stop])
-                mu = library_size * rho
-                if sample:
-                    from scvi.distributions import NegativeBinomial
+    def _decode(self, design: torch.Tensor, basal: torch.Tensor) -> torch.Tensor:
+        """Artifact-free normalised expression; each cell draws its own masks and embeddings."""
+        return self.module.generate(design, basal)
 
-                    mu = NegativeBinomial(mu=mu, theta=theta).sample()
-                out[k, start:stop] = mu.cpu().numpy()
-        return out
+    def _sample_counts(self, mean: torch.Tensor) -> torch.Tensor:
+        from scvi.distributions import NegativeBinomial
 
-    @staticmethod
-    def _check_generation_args(n_cells: object, library_size: object, batch_size: object) -> None:
-        if isinstance(n_cells, bool) or not isinstance(n_cells, numbers.Integral) or n_cells < 1:
-            raise ValueError(f"`n_cells` must be a positive integer, found {n_cells!r}.")
-        if isinstance(library_size, bool) or not isinstance(library_size, numbers.Real) or not library_size > 0:
-            raise ValueError(f"`library_size` must be a positive number, found {library_size!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, found {batch_size!r}.")
-
-    def predict(
-        self,
-        adata: AnnData | None = None,
-        *,
-        perturbations: Sequence[str] | str,
-        n_cells: int = 100,
-        library_size: float = 1e4,
-        sample: bool = False,
-        batch_size: int = 1024,
-    ) -> AnnData:
-        """Artifact-free predicted cells for each requested perturbation.
-
-        Parameters
-        ----------
-        adata
-            ``None`` draws basal states from the prior ``N(0, I)``; an AnnData set up like the
-            training data uses the posterior basal states of its (QC-passing) control cells, so the
-            prediction is the counterfactual of those cells.
-        perturbations
-            Labels: ``"control"`` (or the screen's control label), a node (``"GENE"``, seen in
-            training or not) or a combination (``"GENE1+GENE2"``, with the screen's delimiter).
-        n_cells
-            Cells generated per perturbation.
-        library_size
-            Library size of the generated cells.
-        sample
-            Draw negative-binomial counts instead of returning their expectation.
-        batch_size
-            Cells decoded at once.
-
-        Returns
-        -------
-        AnnData of ``len(perturbations) · n_cells`` cells × the model's genes: ``X`` holds expected
-        counts (float32; integer counts when ``sample=True``), ``obs["perturbation"]`` the
-        categorical label (categories in the requested order).
-        """
-        self._check_generation_args(n_cells, library_size, batch_size)
-        labels, design = self._perturbation_design(perturbations)
-        basal = self._basal_states(adata, n_cells)
-        expression = self._generate(design, n_cells, basal, float(library_size), bool(sample), batch_size)
-        obs = pd.DataFrame(
-            {"perturbation": pd.Categorical(np.repeat(labels, n_cells), categories=labels)},
-            index=pd.Index([f"{label}_{i}" for label in labels for i in range(n_cells)]),
-        )
-        var = pd.DataFrame(index=pd.Index(self.adata.var_names.astype(str)))
-        return AnnData(X=expression.reshape(-1, expression.shape[-1]), obs=obs, var=var)
-
-    def get_ate(
-        self,
-        perturbations: Sequence[str] | str,
-        *,
-        n_cells: int = 500,
-        library_size: float = 1e4,
-        sample: bool = False,
-        batch_size: int = 1024,
-    ) -> pd.DataFrame:
-        """Predicted average treatment effects against control.
-
-        ATE of perturbation ``p`` on gene ``g``: mean over generated cells of
-        ``log2(1 + 10^4 x_g / Σ x)`` under ``p`` minus the same under control (the reference's
-        "perturbseq" estimate). All perturbations share the same basal draws.
-
-        Parameters
-        ----------
-        perturbations
-            Labels as in :meth:`predict`.
-        n_cells
-            Cells generated per perturbation.
-        library_size
-            Library size of the generated cells (matters only with ``sample=True``).
-        sample
-            Use sampled counts instead of the expected normalised expression.
-        batch_size
-            Cells decoded at once.
-
-        Returns
-        -------
-        :class:`pandas.DataFrame`, perturbations × genes (model ``var_names``).
-        """
-        self._check_generation_args(n_cells, library_size, batch_size)
-        labels, design = self._perturbation_design(perturbations)
-        design = np.vstack([design, np.zeros((1, design.shape[1]), dtype=design.dtype)])
-        basal = self._basal_states(None, n_cells)
-        expression = self._generate(design, n_cells, basal, float(library_size), bool(sample), batch_size)
-        totals = expression.sum(-1, keepdims=True)
-        normalised = np.log2(1.0 + ATE_TARGET_SUM * expression / np.maximum(totals, 1e-12))
-        means = normalised.mean(axis=1)
-        ate = means[:-1] - means[-1]
-        return pd.DataFrame(ate, index=pd.Index(labels), columns=pd.Index(self.adata.var_names.astype(str)))
+        return NegativeBinomial(mu=mean, theta=torch.exp(self.module.log_theta)).sample()
 
 
 def _log1p_moments(counts: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray, np.ndarray]:

@@ -12,13 +12,15 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from pertgrn.models._base import (
+    CONDITION_REGISTRY_KEY,
+    DESIGN_KEY,
+    PARTNER_LIBRARY_KEY,
+    PARTNER_WEIGHT_KEY,
+    PARTNER_X_KEY,
+    QC_KEY,
+)
 from pertgrn.nn import GaussianHead, ResidualMLP, bernoulli_kl, relaxed_bernoulli_straight_through
-
-#: Registry keys of the fields :meth:`pertgrn.models.GPOVAE.setup_anndata` registers.
-DESIGN_KEY = "design"
-DELTA_KEY = "delta_x"
-QC_KEY = "qc"
-CONDITION_KEY = "condition"
 
 GPO_LOSSES = ("full", "sparsity", "dge", "dge_khop", "none")
 GPOLoss = Literal["full", "sparsity", "dge", "dge_khop", "none"]
@@ -79,8 +81,13 @@ class GPOVAEModule(BaseModuleClass):
     n_nodes
         ``T``, the number of GRN nodes (perturbation targets and extended genes).
     measured_node_index
-        Positions (in node order) of the nodes with an expression column, aligned with the columns
-        of the ``delta_x`` field.
+        Positions (in node order) of the nodes with an expression column.
+    measured_gene_index
+        Their expression columns (genes), aligned with ``measured_node_index`` and with the
+        columns of the partners' counts that the paired loader puts in each minibatch.
+    target_sum
+        Counts per cell of the log-normalisation behind ``ΔX`` (median library size of the
+        training cells).
     node_counts
         Number of cells perturbing each node (the plate size used to reweight the global KL terms).
     log_mean, log_std
@@ -108,6 +115,8 @@ class GPOVAEModule(BaseModuleClass):
         n_genes: int,
         n_nodes: int,
         measured_node_index: torch.Tensor,
+        measured_gene_index: torch.Tensor,
+        target_sum: float,
         node_counts: torch.Tensor,
         log_mean: torch.Tensor,
         log_std: torch.Tensor,
@@ -152,6 +161,8 @@ class GPOVAEModule(BaseModuleClass):
         self.use_artifact = n_qc_fail > 0
 
         self.register_buffer("measured_node_index", measured_node_index.long())
+        self.register_buffer("measured_gene_index", measured_gene_index.long())
+        self.register_buffer("target_sum", torch.tensor(float(target_sum)))
         self.register_buffer("node_counts", node_counts.float())
         self.register_buffer("log_mean", log_mean.float())
         self.register_buffer("log_std", log_std.float())
@@ -241,7 +252,7 @@ class GPOVAEModule(BaseModuleClass):
     # ------------------------------------------------------------------------------------------
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor | None]:
         qc = tensors.get(QC_KEY)
-        condition = tensors.get(CONDITION_KEY)
+        condition = tensors.get(CONDITION_REGISTRY_KEY)
         return {
             "x": tensors[REGISTRY_KEYS.X_KEY],
             "design": tensors[DESIGN_KEY],
@@ -337,6 +348,22 @@ class GPOVAEModule(BaseModuleClass):
         mu = library.unsqueeze(0) * rho
         return {"rho": rho, "px": NegativeBinomial(mu=mu, theta=torch.exp(self.log_theta))}
 
+    def paired_delta(self, x: torch.Tensor, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ΔX = |log-normalised x - weighted mean of the partners' log-normalised x|`` on the measured nodes.
+
+        Expression is ``log1p(counts / library · target_sum)`` for the cell and each control
+        partner; the partners' weights come from the OT plan. Returns ``ΔX`` (``B × T_measured``)
+        and whether each cell has a partner (``B``, bool).
+        """
+        weight = tensors[PARTNER_WEIGHT_KEY].to(x.dtype)  # B × k, 0 in empty slots
+        partner_x = tensors[PARTNER_X_KEY].to(x.dtype)  # B × k × T_measured
+        partner_library = tensors[PARTNER_LIBRARY_KEY].to(x.dtype).clamp_min(1.0).unsqueeze(-1)
+        partner_expr = torch.log1p(partner_x / partner_library * self.target_sum)
+        paired = (weight.unsqueeze(-1) * partner_expr).sum(1) / weight.sum(1, keepdim=True).clamp_min(1e-12)
+        library = x.sum(-1, keepdim=True).clamp_min(1.0)
+        expr = torch.log1p(x[:, self.measured_gene_index] / library * self.target_sum)
+        return (expr - paired).abs(), weight.sum(1) > 0
+
     def grn_fit_loss(
         self,
         design: torch.Tensor,
@@ -353,7 +380,8 @@ class GPOVAEModule(BaseModuleClass):
         delta_x
             ``B × T_measured`` absolute expression change against the paired controls.
         weights
-            Optional per-cell weights in {0, 1} (cells left out of the term get 0).
+            Optional per-cell weights in {0, 1} (cells left out of the term get 0); the term is
+            averaged over the cells with weight 1.
         n_hops
             ``K``; defaults to the module's, ``0`` for the ``"dge"`` ablation.
 
@@ -382,8 +410,14 @@ class GPOVAEModule(BaseModuleClass):
         tensors: dict[str, torch.Tensor],
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict[str, torch.Tensor | NegativeBinomial],
+        kl_weight: float = 1.0,
     ) -> LossOutput:
-        """Negative ELBO (plated global terms reweighted per cell) + ADE + GPO terms."""
+        """Negative ELBO (plated global terms reweighted per cell, KL terms times ``kl_weight``) + ADE + GPO terms.
+
+        The GPO fit term is averaged over the perturbed, QC-passing cells that have an OT partner:
+        control cells have an empty design row and carry no information about ``A``, so counting
+        them would only dilute the term by the control fraction of the minibatch.
+        """
         x = tensors[REGISTRY_KEYS.X_KEY]
         design = tensors[DESIGN_KEY]
         qc = tensors.get(QC_KEY)
@@ -424,18 +458,20 @@ class GPOVAEModule(BaseModuleClass):
         # GPO terms
         gpo_fit = x.new_zeros(())
         if self.gpo_loss in ("full", "dge", "dge_khop"):
-            delta_x = tensors.get(DELTA_KEY)
-            if delta_x is None:
+            if PARTNER_X_KEY not in tensors:
                 raise KeyError(
-                    f"gpo_loss={self.gpo_loss!r} needs the expression change against paired controls; "
-                    "set the model up with a `pairing_key` (run `pertgrn.pp.ot_pairing` first)."
+                    f"gpo_loss={self.gpo_loss!r} needs each cell's OT partners in the minibatch; set the model "
+                    "up with a `pairing_key` (run `pertgrn.pp.ot_pairing` first) and train with the paired loader."
                 )
-            weights = None if qc is None or not self.use_artifact else 1.0 - qc
-            gpo_fit = self.grn_fit_loss(design, delta_x, weights=weights)
+            delta_x, has_partner = self.paired_delta(x, tensors)
+            weights = (design.sum(-1) > 0) & has_partner
+            if qc is not None and self.use_artifact:
+                weights = weights & (qc < 0.5)
+            gpo_fit = self.grn_fit_loss(design, delta_x, weights=weights.to(x.dtype))
         sparsity = self.sparsity_loss() if self.gpo_loss in ("full", "sparsity") else x.new_zeros(())
 
         kl_local = {"kl_basal": kl_basal, "kl_mask": kl_mask, "kl_embedding": kl_embedding, "kl_artifact": kl_artifact}
-        elbo_loss = (reconstruction + kl_basal + kl_mask + kl_embedding + kl_artifact).mean()
+        elbo_loss = (reconstruction + kl_weight * (kl_basal + kl_mask + kl_embedding + kl_artifact)).mean()
         loss = elbo_loss + self.ade_weight * ade + self.gpo_weight * gpo_fit + self.sparsity_weight * sparsity
         terms = {
             "reconstruction": reconstruction.mean().detach(),
