@@ -292,9 +292,10 @@ def _record(adata: AnnData, key: str) -> Mapping[str, Any]:
     entry = adata.uns.get(key)
     if not isinstance(entry, Mapping) or not ({"nodes", "latents", "grn"} & set(entry) or _varp_only(adata, entry)):
         found = [k for k, v in adata.uns.items() if isinstance(v, Mapping) and ({"nodes", "latents"} & set(v))]
+        what = "is missing" if entry is None else "holds no GRN record"
         raise KeyError(
-            f"No GRN under adata.uns[{key!r}]. Fit a model (e.g. `pertgrn.tl.fit_gpovae`) or a baseline "
-            f"(`pertgrn.tl.baseline_grn`) first. Keys holding a GRN: {found}."
+            f"No GRN under adata.uns[{key!r}]: the entry {what}. Fit a model with key_added={key!r} (e.g. "
+            f"`pertgrn.tl.fit_gpovae`) or a baseline (`pertgrn.tl.baseline_grn`) first. Keys holding a GRN: {found}."
         )
     return entry
 

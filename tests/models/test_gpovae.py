@@ -11,6 +11,7 @@ from scipy import sparse
 import pertgrn as pg
 from pertgrn._utils import log_normalize
 from pertgrn.models import GPOVAE
+from pertgrn.models._base import PairedAnnDataLoader
 from pertgrn.models._gpovae._module import khop_scores, khop_scores_dense
 from pertgrn.nn import bernoulli_kl, relaxed_bernoulli_straight_through
 
@@ -124,8 +125,15 @@ def test_relaxed_bernoulli_is_hard_unbiased_and_differentiable():
 # ---------------------------------------------------------------------------------------------
 # setup
 # ---------------------------------------------------------------------------------------------
-def test_setup_registers_nodes_design_and_delta(screen):
-    GPOVAE.setup_anndata(screen)
+def _paired_batch(model: GPOVAE, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    loader = PairedAnnDataLoader(
+        model.adata_manager, indices=indices, batch_size=len(indices), partner_columns=model._partner_columns()
+    )
+    return next(iter(loader))
+
+
+def test_setup_registers_nodes_design_and_partners(screen):
+    GPOVAE.setup_anndata(screen, max_partners=200)
     design = screen.uns["pertgrn"]
     targets = list(design["targets"])
     extended = sorted(screen.var_names[screen.var["pertgrn_extended"]])
@@ -136,7 +144,7 @@ def test_setup_registers_nodes_design_and_delta(screen):
     assert unmeasured and set(unmeasured) <= set(model.nodes)  # targets without expression column are nodes
     assert model.measured_nodes == [n for n in model.nodes if n in screen.var_names]
 
-    d = screen.obsm["_pertgrn_gpovae_design"]
+    d = screen.obsm["_pertgrn_design"]
     assert sparse.issparse(d) and d.shape == (screen.n_obs, len(model.nodes))
     cond = screen.obs["pertgrn_condition"].astype(str).to_numpy()
     double = next(c for c in cond if "+" in c)
@@ -144,11 +152,35 @@ def test_setup_registers_nodes_design_and_delta(screen):
     assert sorted(np.asarray(model.nodes)[d[i].indices]) == sorted(double.split("+"))
     assert d[np.flatnonzero(cond == design["control"])].nnz == 0
 
-    delta = screen.obsm["_pertgrn_gpovae_delta_x"]
-    expression = log_normalize(screen.X).toarray()[:, screen.var_names.get_indexer(model.measured_nodes)]
+    # partners: small int32 / float32 per-cell fields, nothing of size n_obs × genes
+    index, weight = screen.obsm["_pertgrn_partner_index"], screen.obsm["_pertgrn_partner_weight"]
+    assert index.dtype == np.int32 and weight.dtype == np.float32 and index.shape == (screen.n_obs, 200)
     ctrl = cond == design["control"]
-    np.testing.assert_allclose(delta[~ctrl], np.abs(expression[~ctrl] - expression[ctrl].mean(0)), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(delta[ctrl], np.abs(expression[ctrl] - expression[ctrl].mean(0)), rtol=1e-4, atol=1e-5)
+    assert (index[ctrl] == -1).all() and (weight[ctrl] == 0).all()
+    np.testing.assert_allclose(weight[~ctrl].sum(1), 1.0, rtol=1e-6)
+    assert set(index[~ctrl].ravel()) - {-1} == set(np.flatnonzero(ctrl))
+
+    # ΔX, computed in the module from the partners the paired loader puts in the batch, is
+    # |log-normalised x - plan-weighted mean of the partners| (the uniform plan: the control mean)
+    batch = _paired_batch(model, np.arange(screen.n_obs))
+    delta, has_partner = model.module.paired_delta(batch["X"], batch)
+    assert has_partner.numpy().tolist() == (~ctrl).tolist()
+    expression = log_normalize(screen.X, target_sum=float(model.module.target_sum)).toarray()
+    expression = expression[:, screen.var_names.get_indexer(model.measured_nodes)]
+    expected = np.abs(expression[~ctrl] - expression[ctrl].mean(0))
+    np.testing.assert_allclose(delta.numpy()[~ctrl], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_partners_keep_the_heaviest_and_renormalise():
+    from pertgrn.models._base import top_partners
+
+    plan = sparse.csr_matrix(np.array([[0, 0.2, 0.5, 0.3], [0, 0, 0, 0], [0.1, 0.1, 0, 0.8], [0, 0, 0, 0]]))
+    index, weight = top_partners(plan, max_partners=2)
+    np.testing.assert_array_equal(index, [[2, 3], [-1, -1], [3, 0], [-1, -1]])
+    np.testing.assert_allclose(weight, [[0.625, 0.375], [0, 0], [0.8 / 0.9, 0.1 / 0.9], [0, 0]], rtol=1e-6)
+    index, weight = top_partners(plan, max_partners=2, allowed=np.array([True, True, False, True]))
+    np.testing.assert_array_equal(index[0], [3, 1])
+    np.testing.assert_allclose(weight[0], [0.6, 0.4], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +215,7 @@ def test_bad_model_parameters_raise(screen):
 
 def test_without_pairing_or_qc(screen):
     GPOVAE.setup_anndata(screen, qc_key=None, pairing_key=None)
-    assert "_pertgrn_gpovae_delta_x" not in screen.obsm
+    assert "_pertgrn_partner_index" not in screen.obsm
     with pytest.raises(ValueError, match="pairing"):
         GPOVAE(screen)
     model = GPOVAE(screen, gpo_loss="sparsity", **SMALL)
@@ -201,10 +233,11 @@ def _batch(model: GPOVAE, adata: AnnData, n: int = 64) -> dict[str, torch.Tensor
 
 
 def test_gradients_reach_grn_logits_through_elbo_and_gpo_term(screen):
-    GPOVAE.setup_anndata(screen)
+    GPOVAE.setup_anndata(screen, max_partners=200)
     model = GPOVAE(screen, gpo_loss="none", **SMALL)
     module = model.module
-    tensors = _batch(model, screen, n=screen.n_obs)
+    tensors = _paired_batch(model, np.arange(screen.n_obs))
+    delta_x, _ = module.paired_delta(tensors["X"], tensors)
     perturbed = module.active_nodes(tensors["design"])
     assert perturbed.numel() > 0
 
@@ -215,7 +248,7 @@ def test_gradients_reach_grn_logits_through_elbo_and_gpo_term(screen):
     assert grad_elbo[perturbed].abs().sum() > 0  # through the straight-through masks and the mask KL
 
     module.zero_grad()
-    module.grn_fit_loss(tensors["design"], tensors["delta_x"]).backward()
+    module.grn_fit_loss(tensors["design"], delta_x).backward()
     grad_gpo = module.grn_logits.grad.clone()
     assert grad_gpo[perturbed][:, module.measured_node_index].abs().min() > 0
     # at A = 0 only the first hop carries gradient; once A moves, K-hop reaches non-perturbed rows
@@ -225,10 +258,10 @@ def test_gradients_reach_grn_logits_through_elbo_and_gpo_term(screen):
     with torch.no_grad():
         module.grn_logits.normal_(0, 1)
     module.zero_grad()
-    module.grn_fit_loss(tensors["design"], tensors["delta_x"]).backward()
+    module.grn_fit_loss(tensors["design"], delta_x).backward()
     assert module.grn_logits.grad[never_perturbed].abs().sum() > 0
     module.zero_grad()
-    module.grn_fit_loss(tensors["design"], tensors["delta_x"], n_hops=0).backward()
+    module.grn_fit_loss(tensors["design"], delta_x, n_hops=0).backward()
     assert module.grn_logits.grad[never_perturbed].abs().sum() == 0
 
 
@@ -283,8 +316,10 @@ def test_parameters_change_and_getters(trained):
     assert not np.allclose(grn.to_numpy(), 0.5)  # A was trained
     binary = model.get_grn(threshold=0.5)
     np.testing.assert_array_equal(binary.to_numpy(), (grn.to_numpy() > 0.5).astype(int))
-    with pytest.raises(ValueError):
-        model.get_grn(threshold=2)
+    assert model.get_grn(threshold=1.0).to_numpy().sum() == 0
+    for bad in (-0.1, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="threshold"):
+            model.get_grn(threshold=bad)
     latent = model.get_latent_representation()
     assert latent.shape == (adata.n_obs, 8) and np.isfinite(latent).all()
     np.testing.assert_allclose(latent, model.get_latent_representation())  # the mean is deterministic
@@ -331,23 +366,37 @@ def test_save_load_round_trip_and_reread_h5ad(trained, tmp_path):
 
     adata.write_h5ad(tmp_path / "screen.h5ad")
     reread = read_h5ad(tmp_path / "screen.h5ad")
-    del reread.obsm["_pertgrn_gpovae_delta_x"]  # recomputed from obsp on set-up
+    del reread.obsm["_pertgrn_partner_index"]  # recomputed from obsp on set-up
     again = GPOVAE.load(tmp_path / "model", adata=reread)
     np.testing.assert_allclose(again.get_latent_representation(), model.get_latent_representation(), rtol=1e-5)
-    np.testing.assert_allclose(reread.obsm["_pertgrn_gpovae_delta_x"], adata.obsm["_pertgrn_gpovae_delta_x"])
+    np.testing.assert_array_equal(reread.obsm["_pertgrn_partner_index"], adata.obsm["_pertgrn_partner_index"])
 
 
-def test_failed_transfer_leaves_a_new_anndata_untouched(trained):
-    model, adata = trained
+def _fresh_copy(adata: AnnData) -> AnnData:
     new = adata.copy()
-    for key in [k for k in new.obsm if k.startswith("_pertgrn_gpovae")]:
+    for key in [k for k in new.obsm if k.startswith("_pertgrn")]:
         del new.obsm[key]
     for key in [k for k in new.obs.columns if k.startswith("_scvi")]:
         del new.obs[key]
     for key in [k for k in new.uns if k.startswith("_scvi")]:
         del new.uns[key]
+    return new
+
+
+def test_new_cells_are_embedded_without_the_pairing(trained):
+    model, adata = trained
+    new = _fresh_copy(adata)
     del new.obsp["ot_pairing"]
+    np.testing.assert_allclose(model.get_latent_representation(new), model.get_latent_representation(), rtol=1e-5)
+    pred = model.predict(new, perturbations=[model.nodes[0]], n_cells=4)
+    assert pred.shape == (4, adata.n_vars)
+
+
+def test_failed_transfer_leaves_a_new_anndata_untouched(trained):
+    model, adata = trained
+    new = _fresh_copy(adata)
+    del new.obs["pertgrn_qc_fail"]  # the model has an artifact latent
     before = (set(new.obs.columns), set(new.obsm), set(new.uns))
-    with pytest.raises(KeyError, match="ot_pairing"):
+    with pytest.raises(KeyError, match="pertgrn_qc_fail"):
         model.get_latent_representation(new)
     assert (set(new.obs.columns), set(new.obsm), set(new.uns)) == before

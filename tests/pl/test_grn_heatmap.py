@@ -8,7 +8,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import pertgrn as pg
-from pertgrn._grn_store import read_grn, write_grn
+from pertgrn._grn_store import NodeGRN, read_grn, write_grn
 
 
 def _separators(ax):
@@ -24,7 +24,8 @@ def _group_labels(ax):
 
 
 def test_heatmap_draws_the_full_grn_in_two_blocks(screen):
-    nodes, weights = read_grn(screen, "baseline_de")
+    graph = read_grn(screen, "baseline_de")
+    nodes, weights = graph.nodes, graph.weights
     n_targets = len(screen.uns["pertgrn"]["targets"])
     ax = pg.pl.grn_heatmap(screen, key="baseline_de", show=False)
     assert isinstance(ax, Axes)
@@ -47,7 +48,7 @@ def test_heatmap_draws_the_full_grn_in_two_blocks(screen):
 
 
 def test_threshold_masks_weak_edges(screen):
-    _, weights = read_grn(screen, "baseline_de")
+    weights = read_grn(screen, "baseline_de").weights
     threshold = float(np.quantile(weights[weights > 0], 0.5))
     ax = pg.pl.grn_heatmap(screen, key="baseline_de", threshold=threshold, show=False)
     data = ax.get_images()[0].get_array()
@@ -61,7 +62,7 @@ def test_nodes_subset_keeps_blocks_in_grn_order(screen):
     chosen = [extended[1], targets[2], extended[0], targets[0]]
     ax = pg.pl.grn_heatmap(screen, key="baseline_de", nodes=chosen, show=False)
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    nodes, _ = read_grn(screen, "baseline_de")
+    nodes = read_grn(screen, "baseline_de").nodes
     assert labels == [n for n in nodes if n in set(chosen)]
     assert labels[:2] == [targets[0], targets[2]]
     assert ax.get_images()[0].get_array().shape == (4, 4)
@@ -84,7 +85,7 @@ def test_hundreds_of_nodes_show_group_labels_only_and_signed_scale():
     adata.var["pertgrn_extended"] = np.arange(len(genes)) >= n_targets
     adata.uns["pertgrn"] = {"targets": genes[:n_targets], "control": "control"}
     weights = rng.normal(size=(len(genes), len(genes)))
-    write_grn(adata, key="big", nodes=genes, weights=weights, params={})
+    write_grn(adata, key="big", grn=NodeGRN(nodes=genes, weights=weights, signed=True), params={})
     fig = pg.pl.grn_heatmap(adata, key="big", return_fig=True)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
@@ -120,8 +121,6 @@ def test_probabilities_are_centred_on_the_prior():
     import pandas as pd
     from scipy import sparse
 
-    from pertgrn._grn_store import write_grn
-
     adata = ad.AnnData(
         X=sparse.csr_matrix(np.ones((3, 3), dtype=np.float32)),
         obs=pd.DataFrame({"perturbation": ["control", "A", "B"]}, index=["c0", "c1", "c2"]),
@@ -129,7 +128,7 @@ def test_probabilities_are_centred_on_the_prior():
     )
     pg.pp.annotate_perturbations(adata, control="control")
     probabilities = np.array([[0.5, 0.8, 0.45], [0.3, 0.5, 0.52]])[:, :2]
-    write_grn(adata, key="probs", nodes=["A", "B"], weights=probabilities, params={"method": "toy"})
+    write_grn(adata, key="probs", grn=NodeGRN(nodes=["A", "B"], weights=probabilities), params={"method": "toy"})
     ax = pg.pl.grn_heatmap(adata, key="probs", show=False)
     low, high = ax.images[0].get_clim()
     assert (low, high) == pytest.approx((0.2, 0.8))  # symmetric around 0.5, span = max |p - 0.5| = 0.3

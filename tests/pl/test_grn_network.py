@@ -9,7 +9,7 @@ from matplotlib.colors import to_hex
 from matplotlib.patches import FancyArrowPatch
 
 import pertgrn as pg
-from pertgrn._grn_store import read_grn, write_grn
+from pertgrn._grn_store import NodeGRN, read_grn, write_grn
 from pertgrn.pl._grn_network import ACTIVATION_COLOR, REPRESSION_COLOR, strongest_edges
 from pertgrn.pl._utils import ROLE_COLORS
 
@@ -57,7 +57,8 @@ def test_network_draws_top_edges_with_their_nodes(screen):
 
 
 def test_edges_are_the_strongest_and_skip_self_loops(screen):
-    nodes, weights = read_grn(screen, "baseline_de")
+    graph = read_grn(screen, "baseline_de")
+    weights = graph.weights
     edges = strongest_edges(screen, key="baseline_de", threshold=None, top_edges=10)
     off = weights.copy()
     np.fill_diagonal(off, 0)
@@ -66,9 +67,10 @@ def test_edges_are_the_strongest_and_skip_self_loops(screen):
 
 
 def test_signed_edges_are_coloured_by_sign(screen):
-    nodes, weights = read_grn(screen, "baseline_de")
+    graph = read_grn(screen, "baseline_de")
+    nodes, weights = graph.nodes, graph.weights
     signs = np.where(np.random.default_rng(1).random(weights.shape) < 0.5, -1.0, 1.0)
-    write_grn(screen, key="signed", nodes=nodes, weights=weights * signs, params={})
+    write_grn(screen, key="signed", grn=NodeGRN(nodes=nodes, weights=weights * signs, signed=True), params={})
     ax = pg.pl.grn_network(screen, key="signed", top_edges=20, show=False)
     edges = strongest_edges(screen, key="signed", threshold=None, top_edges=20)
     colours = [to_hex(a.get_edgecolor()) for a in _arrows(ax)]

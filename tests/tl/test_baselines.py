@@ -7,6 +7,7 @@ import pytest
 from scipy import sparse
 
 import pertgrn as pg
+from pertgrn._grn_store import read_grn
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_de_grn_finds_the_effects(screen):
     pg.tl.baseline_grn(screen, method="de")
     entry = screen.uns["baseline_de"]
     assert list(entry["nodes"]) == ["A", "C", "Z"]  # no extended genes annotated: targets only
-    grn = pd.DataFrame(entry["grn"], index=entry["nodes"], columns=entry["nodes"])
+    grn = pd.DataFrame(read_grn(screen, "baseline_de").weights, index=entry["nodes"], columns=entry["nodes"])
     # A and C do not regulate each other: only the compositional shift of normalisation (< 1 log2 unit)
     assert grn.loc["A", "C"] < 1.0 and grn.loc["C", "A"] < 1.0
     assert np.all(np.diag(grn) == 0)
@@ -52,7 +53,7 @@ def test_de_grn_scores_extended_genes(screen):
     entry = screen.uns["de"]
     nodes = list(entry["nodes"])
     assert nodes == ["A", "C", "Z", "B", "D"]
-    grn = pd.DataFrame(entry["grn"], index=nodes, columns=nodes)
+    grn = pd.DataFrame(read_grn(screen, "de").weights, index=nodes, columns=nodes)
     # A's knockdown lowers B by log2(0.3) ~ -1.7; C's raises D by log2(3) ~ 1.6 (minus normalisation)
     assert grn.loc["A", "B"] > 1.0 and grn.loc["C", "D"] > 0.8
     # off-target scores are the compositional shift of normalisation, well below the direct effects
@@ -63,10 +64,10 @@ def test_de_grn_scores_extended_genes(screen):
 
 def test_random_and_correlation(screen):
     pg.tl.baseline_grn(screen, method="random", n_edges=4, seed=1)
-    grn = np.asarray(screen.uns["baseline_random"]["grn"])
+    grn = read_grn(screen, "baseline_random").weights
     assert (grn != 0).sum() == 4 and np.all(np.diag(grn) == 0)
     pg.tl.baseline_grn(screen, method="correlation")
-    corr = np.asarray(screen.uns["baseline_correlation"]["grn"])
+    corr = read_grn(screen, "baseline_correlation").weights
     np.testing.assert_allclose(corr[:2, :2], corr[:2, :2].T)
     assert np.all(corr <= 1.0 + 1e-6)
     with pytest.raises(ValueError, match="n_edges"):
@@ -106,7 +107,7 @@ def test_grn_baseline_uses_training_cells_only(screen):
     pg.tl.baseline_grn(screen, method="de", key_added="train", test_key="test")
     nodes = list(screen.uns["train"]["nodes"])
     expected = pg.get.ate_df(screen, mask=~screen.obs["test"].to_numpy()).abs()
-    grn = pd.DataFrame(screen.uns["train"]["grn"], index=nodes, columns=nodes)
+    grn = pd.DataFrame(read_grn(screen, "train").weights, index=nodes, columns=nodes)
     np.testing.assert_allclose(grn.loc["A", "C"], expected.loc["A", "C"], rtol=1e-5)
-    assert not np.allclose(screen.uns["all"]["grn"], screen.uns["train"]["grn"])
+    assert not np.allclose(read_grn(screen, "all").weights, read_grn(screen, "train").weights)
     assert screen.uns["train"]["params"]["test_key"] == "test"

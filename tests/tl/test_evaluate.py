@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import pertgrn as pg
-from pertgrn._grn_store import write_grn
+from pertgrn._grn_store import NodeGRN, read_grn, write_grn
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,13 @@ def _write_truth(adata, key="truth"):
     for s, t in adata.uns["simulation"]["grn"][["source", "target"]].itertuples(index=False):
         if s in index and t in index:
             weights[index[s], index[t]] = 1.0
-    write_grn(adata, key=key, nodes=nodes, weights=weights, params={"method": "truth"})
+    write_grn(adata, key=key, grn=NodeGRN(nodes=nodes, weights=weights), params={"method": "truth"})
 
 
 def test_true_grn_beats_random_graph(screen):
     adata = screen.copy()
     _write_truth(adata)
-    n_true = int((np.asarray(adata.uns["truth"]["grn"]) > 0).sum())
+    n_true = int((read_grn(adata, "truth").weights > 0).sum())
     pg.tl.baseline_grn(adata, method="random", n_edges=n_true, seed=0)
     truth = pg.tl.evaluate(adata, key="truth", metrics="grn", test_key="test")["value"]
     random = pg.tl.evaluate(adata, key="baseline_random", metrics="grn", test_key="test")["value"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -70,10 +68,6 @@ def grn_df(
     if not isinstance(key, str):
         raise TypeError(f"`key` must be a string, found {type(key).__name__}.")
     check_edge_selection(threshold, top_edges)
-    if not isinstance(adata.uns.get(key), Mapping):
-        raise KeyError(
-            f"adata.uns[{key!r}] is missing; fit a model with key_added={key!r} first (e.g. `tl.fit_gpovae`)."
-        )
     graph = read_grn(adata, key, level=level)
     nodes = np.asarray(graph.nodes, dtype=object)
     rows, cols = np.nonzero(graph.weights)

@@ -25,6 +25,7 @@ def select_extended_genes(
     layer: str | None = None,
     min_cells: int = 3,
     max_genes: int | None = None,
+    test_key: str | None = None,
 ) -> None:
     """Mark the genes that respond to some perturbation without being targets: GPO-VAE's extended genes.
 
@@ -64,6 +65,9 @@ def select_extended_genes(
     max_genes
         Keep at most this many extended genes, those with the largest absolute test statistic in
         any condition; ``None`` keeps all.
+    test_key
+        Bool ``obs`` column of held-out cells (True): they are left out of the tests, so that the
+        nodes of a model fitted without them are chosen without them too.
 
     Returns
     -------
@@ -123,7 +127,13 @@ def select_extended_genes(
             f"adata.obs[{CONDITION_KEY!r}] is missing or not categorical. "
             "Run `pertgrn.pp.annotate_perturbations(adata, ...)` first."
         )
-    condition = adata.obs[CONDITION_KEY].astype(str)
+    if test_key is None:
+        train = np.ones(adata.n_obs, dtype=bool)
+    elif test_key not in adata.obs.columns or not pd.api.types.is_bool_dtype(adata.obs[test_key]):
+        raise KeyError(f"`test_key` {test_key!r} must name a boolean column of adata.obs.")
+    else:
+        train = ~adata.obs[test_key].to_numpy(dtype=bool)
+    condition = adata.obs[CONDITION_KEY].astype(str)[train]
     sizes = condition.value_counts()
     n_control = int(sizes.get(control, 0))
     if n_control < min_cells:
@@ -148,9 +158,9 @@ def select_extended_genes(
         import scanpy as sc
 
         tmp = AnnData(
-            X=log_normalize(X),
+            X=log_normalize(X[train] if not train.all() else X),
             obs=pd.DataFrame(
-                {"group": pd.Categorical(condition.to_numpy())}, index=[f"c{i}" for i in range(adata.n_obs)]
+                {"group": pd.Categorical(condition.to_numpy())}, index=[f"c{i}" for i in range(int(train.sum()))]
             ),
             var=pd.DataFrame(index=adata.var_names.astype(str)),
         )
@@ -200,6 +210,8 @@ def select_extended_genes(
         params["max_genes"] = int(max_genes)
     if layer is not None:
         params["layer"] = layer
+    if test_key is not None:
+        params["test_key"] = test_key
 
     # ---- write
     if adata.is_view:

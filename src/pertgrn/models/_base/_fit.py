@@ -50,7 +50,15 @@ def allowed_train_kwargs(model_cls: type[PerturbationModel]) -> set[str]:
     import lightning.pytorch as pl
     from scvi.train import Trainer
 
-    names = {n for n, p in inspect.signature(model_cls.train).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    names: set[str] = set()
+    # a model's train passes what it does not name on to the base class's train (and that to the trainers)
+    for cls in model_cls.__mro__:
+        if "train" in vars(cls):
+            names |= {
+                n
+                for n, p in inspect.signature(vars(cls)["train"]).parameters.items()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            }
     for cls in (Trainer, pl.Trainer):
         names |= {
             n

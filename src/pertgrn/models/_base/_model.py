@@ -486,7 +486,7 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
             graph = record
         weights = graph.weights
         if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-                raise ValueError(f"`threshold` must be a number or None, found {threshold!r}.")
+            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold < np.inf:
+                raise ValueError(f"`threshold` must be a non-negative number or None, found {threshold!r}.")
             weights = (edge_strength(weights, graph.signed) > threshold).astype(np.int8)
         return pd.DataFrame(weights, index=pd.Index(graph.nodes), columns=pd.Index(graph.nodes))
