@@ -255,6 +255,12 @@ def test_guard_restores_the_m_matrix_domain(s):
     before = inside.clone()
     assert dagma_domain_guard_(inside, s=s) < s
     assert torch.equal(inside, before)  # a valid A is left untouched
+    # a DAG with large weights: the cheap row-sum bound exceeds s but ρ(A∘A) = 0, so nothing changes
+    dag = torch.tensor(_random_dag(rng, 6, scale=3.0))
+    before = dag.clone()
+    assert float((dag**2).sum(1).max()) >= s
+    assert dagma_domain_guard_(dag, s=s) < 1e-6
+    assert torch.equal(dag, before)
 
 
 def test_guard_keeps_the_domain_during_aggressive_optimisation():
