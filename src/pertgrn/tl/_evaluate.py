@@ -250,9 +250,14 @@ def evaluate(
                 M.false_omission_rate(test_adata, edges, seed=seed, targets=measured_nodes, **common)
             )
         reference = _truth_table(adata, truth)
-        if reference is not None:
+        truth_matrix = None if reference is None else _truth_matrix(graph.nodes, reference)
+        if truth_matrix is not None and not (truth_matrix * ~np.eye(len(graph.nodes), dtype=bool)).any():
+            logger.warning("evaluate: the reference GRN has no edge among the nodes of %r; AUPRC is undefined.", key)
+            values.update({m: np.nan for m in ("grn_auprc", "grn_early_precision") if m in wanted})
+            truth_matrix = None
+        if truth_matrix is not None:
             scores = pd.DataFrame(np.abs(graph.weights), index=graph.nodes, columns=graph.nodes)
-            truth_df = pd.DataFrame(_truth_matrix(graph.nodes, reference), index=graph.nodes, columns=graph.nodes)
+            truth_df = pd.DataFrame(truth_matrix, index=graph.nodes, columns=graph.nodes)
             if "grn_auprc" in wanted:
                 values["grn_auprc"] = float(M.grn_auprc(scores, truth_df))
             if "grn_early_precision" in wanted:
