@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from pertgrn._constants import CONDITION_KEY
 from pertgrn._settings import progress
@@ -204,9 +205,12 @@ def bagging_ridge(
 
     Each bag draws one bootstrap sample of cells, shared by every target. Targets are grouped by
     their candidate set counted with themselves (so that, without a prior, all targets form one
-    group); for each group, a bag offers one random subset of ``max(1, int(max_features · |R|))``
-    of these regulators and solves one ridge system with many right-hand sides, a target's own
-    column being left out of its regression (:func:`ridge_solve`).
+    group). A group of several targets gets, per bag, one random subset of
+    ``max(1, int(max_features · |R|))`` of its regulators and one ridge system with many
+    right-hand sides, a target's own column being left out of its regression (:func:`ridge_solve`).
+    A group of one target (the usual case with a prior) draws from its candidates without itself,
+    as CellOracle does, and all such targets with the same number of candidates are solved as one
+    stack of small systems.
     """
     n_regulators, n_targets = candidates.shape
     if self_index is None:
@@ -217,15 +221,28 @@ def bagging_ridge(
     groups: dict[bytes, list[int]] = {}
     for t in np.flatnonzero(candidates.any(axis=0)):
         groups.setdefault(np.packbits(with_self[:, t]).tobytes(), []).append(int(t))
-    group_list = [(np.flatnonzero(with_self[:, members[0]]), np.asarray(members)) for members in groups.values()]
+    shared = []  # (regulators incl. the targets themselves, targets)
+    single: dict[int, list[int]] = {}  # number of candidates -> targets solved one by one, stacked
+    for members in groups.values():
+        if len(members) > 1:
+            shared.append((np.flatnonzero(with_self[:, members[0]]), np.asarray(members)))
+        else:
+            single.setdefault(int(candidates[:, members[0]].sum()), []).append(members[0])
+    stacks = []
+    for r, members in sorted(single.items()):
+        targets = np.asarray(members)
+        regulators = np.vstack([np.flatnonzero(candidates[:, t]) for t in targets])  # targets × r
+        stacks.append((max(1, int(max_features * r)), regulators, targets))
+
     total = np.zeros(candidates.shape)
     total_sq = np.zeros(candidates.shape)
     count = np.zeros(candidates.shape)
     n_cells = X.shape[0]
+    eye = np.eye(n_regulators)
     for _ in progress(range(n_bags), desc="reference_grn", unit="bag"):
         counts = np.bincount(rng.integers(0, n_cells, size=n_cells), minlength=n_cells).astype(np.float64)
         G, C = bag_moments(X, Y, counts)
-        for regulators, targets in group_list:
+        for regulators, targets in shared:
             size = max(1, int(max_features * regulators.size))
             features = np.sort(rng.choice(regulators, size=size, replace=False))
             position = np.full(n_regulators, -1)
@@ -240,6 +257,16 @@ def bagging_ridge(
             cols = np.flatnonzero(self_position >= 0)
             offered[self_position[cols], cols] = 0.0
             count[index] += offered
+        for size, regulators, targets in stacks:
+            pick = np.argsort(rng.random(regulators.shape), axis=1)[:, :size]
+            features = np.sort(np.take_along_axis(regulators, pick, axis=1), axis=1)  # targets × size
+            gram = G[features[:, :, None], features[:, None, :]] + alpha * eye[:size, :size]
+            rhs = C[features, targets[:, None]]
+            coef = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
+            index = (features, np.broadcast_to(targets[:, None], features.shape))
+            total[index] += coef
+            total_sq[index] += coef**2
+            count[index] += 1.0
     weight, pvalue = edge_statistics(total, total_sq, count)
     return weight, pvalue, count
 
@@ -317,7 +344,8 @@ def reference_grn(
        cells. With ``prior=None`` every regulator is a candidate for every gene; with a prior, the
        candidates of a target are its prior regulators among them. A gene never regulates itself.
     3. **Bagging ridge.** For every target gene with a candidate: ``n_bags`` bootstrap samples of the
-       fit cells, each offering a random 80 % of the candidates (CellOracle's ``max_features=0.8``),
+       fit cells, each offering a random 80 % of the candidates (CellOracle's ``max_features=0.8``;
+       without a prior, 80 % of all TFs, the target's own expression then left out),
        a ridge regression (penalty ``alpha``, with intercept) of the target's log expression on the
        standardised expression of the offered regulators. The edge weight is the mean coefficient
        over the bags that offered the regulator; its p-value is the two-sided one-sample t-test of
@@ -330,8 +358,9 @@ def reference_grn(
 
     Differences from CellOracle: no motif base GRN (it cannot be downloaded here; pass any prior),
     no KNN imputation of the expression before the regression, and one bootstrap sample per bag
-    shared by all targets (one ridge solve per bag for all targets with the same candidates), which
-    is what makes a genome-wide fit take seconds.
+    shared by all targets (one ridge solve per bag for all targets with the same candidates, a
+    target's own expression removed from its regression by a rank-one update), which is what makes
+    a fit of 150 TFs × 1,700 genes × 3,000 cells take seconds on one core.
 
     Parameters
     ----------
@@ -506,9 +535,11 @@ def reference_grn(
         n_fit,
     )
     rng = np.random.default_rng(seed)
-    weight, pvalue, offered = bagging_ridge(
-        X, Y, candidates, self_index=self_index, alpha=alpha, n_bags=n_bags, rng=rng
-    )
+    # many small solves: one BLAS thread is faster than several fighting over the cores
+    with threadpool_limits(limits=1, user_api="blas"):
+        weight, pvalue, offered = bagging_ridge(
+            X, Y, candidates, self_index=self_index, alpha=alpha, n_bags=n_bags, rng=rng
+        )
     tested = candidates & (offered > 0)
     rows, cols = np.nonzero(tested)
     table = pd.DataFrame(

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
+from threadpoolctl import threadpool_limits
 
 from pertgrn._utils import check_counts, library_size, logger, to_dense
 
@@ -210,11 +211,13 @@ def tf_activity(
     activity = np.zeros((adata.n_obs, len(columns)))
     loadings = np.zeros((adata.n_vars, len(columns)))
     explained = np.zeros(len(columns))
-    for j, members in enumerate(columns):
-        local = np.array([column_of[g] for g in members])
-        v, explained[j] = eigengene(Z[mask][:, local])
-        activity[:, j] = Z[:, local] @ v
-        loadings[members, j] = v
+    Z_fit = Z[mask]
+    with threadpool_limits(limits=1, user_api="blas"):  # small SVDs: threads only contend
+        for j, members in enumerate(columns):
+            local = np.array([column_of[g] for g in members])
+            v, explained[j] = eigengene(Z_fit[:, local])
+            activity[:, j] = Z[:, local] @ v
+            loadings[members, j] = v
     names = [f"C{c}" for c in range(n_communities)] + ["global"]
     logger.info(
         "tf_activity: %d community eigengenes and a global one over %d TFs, fitted on %d cells; PC1 explains %s",
