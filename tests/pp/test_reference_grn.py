@@ -131,6 +131,10 @@ def test_bagging_ridge_with_a_prior_equals_per_target_sklearn_fits():
     np.testing.assert_allclose(pvalue, p, rtol=1e-6, atol=1e-12)
 
 
+def _pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["source"], frame["target"], strict=True))
+
+
 def _bh_by_hand(p: np.ndarray) -> np.ndarray:
     m = p.size
     order = np.argsort(p)
@@ -184,7 +188,7 @@ def test_toy_model_recovers_signed_edges_and_bh_is_hand_bh():
     assert (np.sign(merged["weight"]) == np.sign(merged["weight_true"])).all()
     assert (merged["qvalue"] < 1e-6).all()
     # the 18 true edges are the 18 strongest
-    assert set(zip(edges["source"][:18], edges["target"][:18])) == set(zip(truth["source"], truth["target"]))
+    assert _pairs(edges.iloc[:18]) == _pairs(truth)
 
 
 def test_edge_filters_fdr_top_fraction_and_gmm():
@@ -206,7 +210,7 @@ def test_edge_filters_fdr_top_fraction_and_gmm():
     assert (np.log10(kept["weight"].abs()) >= summary["log10_threshold"]).all()
     assert summary["kept_fraction"] == pytest.approx(len(kept) / len(significant))
     # the strong true edges lie above the crossing of the two components
-    assert set(zip(truth["source"], truth["target"])) <= set(zip(kept["source"], kept["target"]))
+    assert _pairs(truth) <= _pairs(kept)
 
 
 def test_gmm_crossing_of_two_separated_components():
@@ -226,7 +230,7 @@ def test_recovers_true_edges_on_the_modular_simulator(modular_screen):
     adata = modular_screen
     tfs = modular_tfs(adata)
     truth = adata.uns["simulation"]["grn"]
-    true_pairs = set(zip(truth["source"], truth["target"]))
+    true_pairs = _pairs(truth)
     pg.pp.reference_grn(adata, tfs=tfs, fdr=1.0, edge_threshold=None, key_added="all_edges")
     tested = pg.get.reference_grn_df(adata, key="all_edges")
     label = np.array([(s, t) in true_pairs for s, t in zip(tested["source"], tested["target"], strict=True)])
@@ -274,7 +278,7 @@ def test_prior_restricts_candidates_and_accepts_common_column_names(modular_scre
     prior = pd.concat([truth[["source", "target"]], decoys], ignore_index=True)
     pg.pp.reference_grn(adata, tfs=tfs, prior=prior)
     edges = pg.get.reference_grn_df(adata)
-    assert set(zip(edges["source"], edges["target"])) <= set(zip(prior["source"], prior["target"]))
+    assert _pairs(edges) <= _pairs(prior)
     # CollecTRI's column names (tf, target, sign), from a DataFrame and from a csv file, give the same GRN
     collectri_style = prior.rename(columns={"source": "tf"}).assign(sign=1)
     pg.pp.reference_grn(adata, tfs=tfs, prior=collectri_style, key_added="renamed")

@@ -104,7 +104,9 @@ def tf_communities(
     check_flags(show=show, return_fig=return_fig)
     if not isinstance(key, str):
         raise TypeError(f"`key` must be a string, found {type(key).__name__}.")
-    if top_edges is not None and (isinstance(top_edges, bool) or not isinstance(top_edges, numbers.Integral) or top_edges < 1):
+    if top_edges is not None and (
+        isinstance(top_edges, bool) or not isinstance(top_edges, numbers.Integral) or top_edges < 1
+    ):
         raise ValueError(f"`top_edges` must be a positive integer or None, found {top_edges!r}.")
     if labels is not None and not isinstance(labels, bool):
         raise TypeError(f"`labels` must be True, False or None, found {labels!r}.")

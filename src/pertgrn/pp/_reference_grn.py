@@ -93,8 +93,9 @@ def _check_number(name: str, value: object, *, low: float, high: float, low_open
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a number, found {type(value).__name__} ({value!r}).")
     value = float(value)
-    ok = np.isfinite(value) and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (np.isfinite(value) and above and below):
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"`{name}` must lie in {interval}, found {value}.")
     return value

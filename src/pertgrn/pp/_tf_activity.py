@@ -33,7 +33,9 @@ def fit_cells(adata: AnnData, fit_mask: object) -> tuple[np.ndarray, str]:
         return mask, fit_mask
     mask = fit_mask.to_numpy() if isinstance(fit_mask, pd.Series) else np.asarray(fit_mask)
     if mask.dtype != bool:
-        raise TypeError(f"`fit_mask` must be boolean (True = fit cell) or an obs column name, found dtype {mask.dtype}.")
+        raise TypeError(
+            f"`fit_mask` must be boolean (True = fit cell) or an obs column name, found dtype {mask.dtype}."
+        )
     if mask.shape != (adata.n_obs,):
         raise ValueError(f"`fit_mask` must have shape ({adata.n_obs},) (one entry per cell), found {mask.shape}.")
     return mask, "array"
