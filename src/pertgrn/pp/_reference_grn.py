@@ -332,7 +332,7 @@ def reference_grn(
 ) -> AnnData | None:
     """Infer a reference TF → target GRN from unperturbed cells, as CellOracle refines its base GRN.
 
-    The paper of gCRL builds its GRN with CellOracle {cite:p}`Kamimoto2023CellOracle`; this is a
+    The paper of gCRL builds its GRN with CellOracle (Kamimoto et al. 2023); this is a
     native re-implementation of CellOracle's refinement step (``get_links`` with
     ``model_method="bagging_ridge"``, ``alpha=10``, ``bagging_number=20``), followed by the paper's
     two filters:

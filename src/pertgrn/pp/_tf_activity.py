@@ -70,7 +70,7 @@ def tf_activity(
     """Summarise each TF community's activity per cell by its eigengene, plus a global TF activity (gCRL).
 
     For each community ``C`` of :func:`pertgrn.pp.tf_communities` the activity is
-    ``TFA_C = Z_C v_1`` {cite:p}`Alter2000Eigengenes`, where ``Z_C`` is the log-normalised expression
+    ``TFA_C = Z_C v_1`` (Alter et al. 2000), where ``Z_C`` is the log-normalised expression
     of the community's TFs z-scored per TF, and ``v_1`` is the leading eigenvector of its covariance
     (the loadings of PC 1: a PCA on the correlation matrix of the TFs). A last column, the global
     activity, is the same over every TF of the reference GRN (``uns[key]["tfs"]``, which includes

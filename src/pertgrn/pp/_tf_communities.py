@@ -269,7 +269,7 @@ def tf_communities(
        weight is ``|w_ab| + |w_ba|``, an absent direction counting 0, without self-loops. TFs
        without a TF–TF edge are left out of the partition (community ``-1``) but stay in the TF
        list that :func:`pertgrn.pp.tf_activity` uses for the global activity.
-    2. **Runs.** For each resolution γ, ``n_runs`` Leiden runs {cite:p}`Traag2019Leiden`
+    2. **Runs.** For each resolution γ, ``n_runs`` Leiden runs (Traag et al. 2019)
        (RB-configuration modularity ``Q_γ = Σ_ij (A_ij − γ k_i k_j / 2m) δ(c_i, c_j)`` on the weighted
        graph, iterated to convergence, seeds ``seed``, ``seed + 1``, …; see ``flavor``).
     3. **Stability.** ``n_pairs`` random pairs of runs (the same pairs for every γ) give the mean
