@@ -187,3 +187,20 @@ def test_missing_communities_and_unmeasured_community(modular_screen):
     with pytest.raises(ValueError, match="no TF among var_names"):
         pg.pp.tf_activity(adata)
     assert_equal(adata, before)
+
+
+def test_a_tf_constant_in_the_fit_cells_gets_loading_zero(modular_screen, controls, caplog):
+    adata = modular_screen
+    community = adata.var["pertgrn_tf_community"]
+    silent = community.index[community == 0][0]
+    X = adata.X.toarray()
+    X[controls, adata.var_names.get_loc(silent)] = 0.0
+    adata.X = sparse.csr_matrix(X)
+    with caplog.at_level("WARNING", logger="pertgrn"):
+        pg.pp.tf_activity(adata, fit_mask=controls)
+    assert "constant in the fit cells" in caplog.text
+    loadings = adata.varm["tf_activity_loadings"]
+    assert (loadings[adata.var_names.get_loc(silent)] == 0).all()
+    assert np.isfinite(adata.obsm["X_tf_activity"]).all()
+    # the community keeps an activity from its other TFs
+    assert np.count_nonzero(loadings[:, 0]) == (community == 0).sum() - 1

@@ -390,7 +390,8 @@ def reference_grn(
     layer
         Layer holding the raw counts; ``None`` uses ``X``.
     test_key
-        Boolean ``obs`` column marking held-out cells (True) that must not enter the fit.
+        Boolean ``obs`` column marking cells (True) that must not enter the fit: held-out cells, or
+        e.g. ``"pertgrn_qc_fail"`` to leave out the cells flagged by :func:`pertgrn.pp.annotate_qc`.
     seed
         Seed of the bootstrap and feature draws.
     key_added

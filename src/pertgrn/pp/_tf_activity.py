@@ -218,6 +218,7 @@ def tf_activity(
         for j, members in enumerate(columns):
             local = np.array([column_of[g] for g in members])
             v, explained[j] = eigengene(Z_fit[:, local])
+            v[constant[local]] = 0.0  # an all-constant community has an arbitrary axis: make it 0
             activity[:, j] = Z[:, local] @ v
             loadings[members, j] = v
     names = [f"C{c}" for c in range(n_communities)] + ["global"]
