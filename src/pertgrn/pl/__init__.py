@@ -5,6 +5,7 @@ from pertgrn.pl._grn_heatmap import grn_heatmap
 from pertgrn.pl._grn_network import grn_network
 from pertgrn.pl._metrics import metrics
 from pertgrn.pl._pairing import pairing
+from pertgrn.pl._tf_communities import tf_communities
 from pertgrn.pl._training_history import training_history
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "grn_network",
     "metrics",
     "pairing",
+    "tf_communities",
     "training_history",
 ]
