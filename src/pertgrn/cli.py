@@ -1,9 +1,12 @@
-"""Command-line interface: ``pertgrn demo`` and friends."""
+"""Command-line interface: ``pertgrn demo`` and friends.
+
+Results go to stdout; log messages and progress bars go to stderr. The parser imports nothing
+heavy, so ``pertgrn --help`` and ``pertgrn --version`` answer at once; a command imports what it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -11,7 +14,11 @@ from pathlib import Path
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(format="%(message)s", level=logging.INFO if verbose else logging.WARNING)
+    # pertgrn's own logger prints to stderr at settings.verbosity; the root logger is left alone, so the
+    # lines of Lightning and scvi-tools (which print through their own handlers) are not printed twice
+    from pertgrn import settings
+
+    settings.verbosity = "info" if verbose else None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -74,8 +81,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pertgrn`` argument parser."""
-    parser = argparse.ArgumentParser(prog="pertgrn", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    from pertgrn import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pertgrn",
+        description="Gene regulatory networks and perturbation-response models for single-cell CRISPR screens.",
+        epilog="Results go to stdout; log messages and progress bars to stderr.",
+    )
+    parser.add_argument("--version", action="version", version=f"pertgrn {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step's summary (verbosity 'info')")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate a screen, preprocess it, fit GPOVAE and write an .h5ad")
     demo.add_argument("--out", default="pertgrn_demo.h5ad", help="output .h5ad (default: %(default)s)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 import random
 
-import igraph as ig
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -40,6 +39,8 @@ def strongest_edges(adata: AnnData, *, key: str, threshold: float | None, top_ed
 
 def layout(n_nodes: int, edges: list[tuple[int, int]], weights: np.ndarray, seed: int) -> np.ndarray:
     """Fruchterman–Reingold positions (n_nodes × 2), reproducible for a given ``seed``."""
+    import igraph as ig
+
     graph = ig.Graph(n=n_nodes, edges=edges, directed=True)
     # igraph draws from Python's `random` module unless told otherwise: use a private generator
     # so the layout is reproducible and the user's global random state is left alone.
