@@ -10,7 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from pertgrn._constants import CONDITION_KEY, EXTENDED_KEY, PERTURBED_KEY, UNS_KEY
-from pertgrn._utils import check_counts, get_design, log_normalize, logger, split_targets
+from pertgrn._utils import check_counts, get_design, log_normalize, logger, quiet_scanpy, split_targets
 
 _METHODS = ("wilcoxon", "t-test", "t-test_overestim_var")
 
@@ -24,7 +24,8 @@ def select_extended_genes(
     layer: str | None = None,
     min_cells: int = 3,
     max_genes: int | None = None,
-) -> None:
+    copy: bool = False,
+) -> AnnData | None:
     """Mark the genes that respond to some perturbation without being targets: GPO-VAE's extended genes.
 
     GPO-VAE's graph has a node for every target and for every extended gene, a gene that is
@@ -63,10 +64,12 @@ def select_extended_genes(
     max_genes
         Keep at most this many extended genes, those with the largest absolute test statistic in
         any condition; ``None`` keeps all.
+    copy
+        Return an annotated copy instead of annotating ``adata`` in place.
 
     Returns
     -------
-    Nothing; updates ``adata`` with
+    The annotated copy if ``copy=True``, else ``None``; the annotated object gets
 
     ``var["pertgrn_extended"]``
         ``(n_vars,)`` bool, the gene is an extended gene.
@@ -115,6 +118,8 @@ def select_extended_genes(
             raise TypeError(f"`max_genes` must be an int or None, got {max_genes!r}.")
         if max_genes < 1:
             raise ValueError(f"`max_genes` must be at least 1, got {max_genes}.")
+    if not isinstance(copy, bool | np.bool_):
+        raise TypeError(f"`copy` must be a bool, got {copy!r}.")
     design = get_design(adata)
     control, delimiter = str(design["control"]), str(design.get("delimiter", "+"))
     if CONDITION_KEY not in adata.obs.columns or not isinstance(adata.obs[CONDITION_KEY].dtype, pd.CategoricalDtype):
@@ -153,7 +158,7 @@ def select_extended_genes(
             var=pd.DataFrame(index=adata.var_names.astype(str)),
         )
         tmp.uns["log1p"] = {"base": None}  # natural log, so that scanpy's fold changes are right
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_scanpy():
             # scanpy fills its result table one group at a time, which pandas reports for many groups
             warnings.filterwarnings("ignore", category=pd.errors.PerformanceWarning)
             sc.tl.rank_genes_groups(
@@ -200,7 +205,9 @@ def select_extended_genes(
         params["layer"] = layer
 
     # ---- write
-    if adata.is_view:
+    if copy:
+        adata = adata.copy()
+    elif adata.is_view:
         adata._init_as_actual(adata.copy())
     adata.var[EXTENDED_KEY] = extended
     record = dict(adata.uns[UNS_KEY])
@@ -213,3 +220,4 @@ def select_extended_genes(
         len(tested),
         int(adata.var[PERTURBED_KEY].sum()) if PERTURBED_KEY in adata.var else 0,
     )
+    return adata if copy else None

@@ -10,7 +10,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from pertgrn._constants import CONDITION_KEY, OT_PAIRING_KEY, PERTURBED_KEY, UNS_KEY
-from pertgrn._utils import check_counts, get_design, library_size, logger, split_targets
+from pertgrn._utils import SUMMARY, check_counts, get_design, library_size, logger, split_targets
 
 #: pseudocount (in normalised counts) of the target log fold change; it only matters when a mean is 0
 _EPS = 1e-9
@@ -277,15 +277,19 @@ def filter_weak_perturbations(
         },
     )
     out.uns[UNS_KEY] = record
-    logger.info(
-        "filter_weak_perturbations: kept %d of %d cells; removed %d conditions (%d weak knockdown, %d too few cells); "
-        "%d conditions kept with unmeasured targets only",
-        int(keep.sum()),
-        keep.size,
+    # one line at the default verbosity: the user should know that cells are gone
+    n_unmeasured = int((table["status"] == "kept_unmeasured").sum())
+    logger.log(
+        SUMMARY,
+        "filter_weak_perturbations: kept %s of %s cells; removed %d condition%s "
+        "(%d weak knockdown, %d too few cells)%s",
+        f"{int(keep.sum()):,}",
+        f"{keep.size:,}",
         len(removed),
+        "" if len(removed) == 1 else "s",
         int((table["status"] == "weak_knockdown").sum()),
         int((table["status"] == "too_few_cells").sum()),
-        int((table["status"] == "kept_unmeasured").sum()),
+        f"; {n_unmeasured} kept unjudged (no measured target)" if n_unmeasured else "",
     )
     if len(kept_conditions) == 1:
         logger.warning("filter_weak_perturbations: no perturbation passed; only control cells are left")
