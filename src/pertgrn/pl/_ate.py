@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
+from pertgrn._utils import unknown_names_message
 from pertgrn.get._ate import ate_df
 from pertgrn.metrics import ate_pearson
 from pertgrn.pl._utils import MAX_TICK_LABELS, as_frame, check_flags, figure_and_axes, show_or_return, uns_entry
@@ -46,8 +47,13 @@ def effects(
     missing = [p for p in perturbations if p not in predicted.index]
     if missing:
         raise KeyError(
-            f"Perturbations {missing} have no predicted effects under adata.uns[{key!r}]['ate']; "
-            f"it predicts {list(map(str, predicted.index))[:20]}."
+            unknown_names_message(
+                missing,
+                list(map(str, predicted.index)),
+                what="Perturbations",
+                problem=f"have no predicted effects under adata.uns[{key!r}]['ate']",
+                delimiter="+",
+            )
         )
     reference = adata.uns[key].get("ate_reference")
     if reference is not None:

@@ -13,6 +13,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from pertgrn._grn_store import read_grn
+from pertgrn._utils import unknown_names_message
 from pertgrn.pl._utils import (
     MAX_TICK_LABELS,
     ROLE_TARGET,
@@ -40,7 +41,9 @@ def select_nodes(all_nodes: list[str], nodes: Sequence[str] | None) -> np.ndarra
     index = {n: i for i, n in enumerate(all_nodes)}
     missing = [n for n in nodes if n not in index]
     if missing:
-        raise KeyError(f"Nodes {missing[:10]} are not nodes of this GRN; its first nodes are {all_nodes[:10]}.")
+        raise KeyError(
+            unknown_names_message(missing[:10], all_nodes, what="Nodes", problem="are not nodes of this GRN")
+        )
     return np.asarray(sorted({index[n] for n in nodes}))
 
 
