@@ -279,17 +279,22 @@ def filter_weak_perturbations(
     out.uns[UNS_KEY] = record
     # one line at the default verbosity: the user should know that cells are gone
     n_unmeasured = int((table["status"] == "kept_unmeasured").sum())
+    n_weak = int((table["status"] == "weak_knockdown").sum())
+    n_few = int((table["status"] == "too_few_cells").sum())
+    if removed:
+        what = f"removed {len(removed)} condition{'' if len(removed) == 1 else 's'} ({n_weak} weak knockdown, "
+        what += f"{n_few} too few cells)"
+    else:
+        what = "no condition removed"
     logger.log(
         SUMMARY,
-        "filter_weak_perturbations: kept %s of %s cells; removed %d condition%s "
-        "(%d weak knockdown, %d too few cells)%s",
+        "filter_weak_perturbations: kept %s of %s cells; %s%s",
         f"{int(keep.sum()):,}",
         f"{keep.size:,}",
-        len(removed),
-        "" if len(removed) == 1 else "s",
-        int((table["status"] == "weak_knockdown").sum()),
-        int((table["status"] == "too_few_cells").sum()),
-        f"; {n_unmeasured} kept unjudged (no measured target)" if n_unmeasured else "",
+        what,
+        f"; {n_unmeasured} condition{'' if n_unmeasured == 1 else 's'} kept unjudged (no measured target)"
+        if n_unmeasured
+        else "",
     )
     if len(kept_conditions) == 1:
         logger.warning("filter_weak_perturbations: no perturbation passed; only control cells are left")
