@@ -7,10 +7,12 @@ heavy, so ``pertgrn --help`` and ``pertgrn --version`` answer at once; a command
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -21,7 +23,7 @@ def _configure_logging(verbose: bool) -> None:
     settings.verbosity = "info" if verbose else None
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, stdout: TextIO) -> int:
     import numpy as np
 
     import pertgrn as pg
@@ -75,7 +77,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     adata.write_h5ad(out)
     lines.append(f"  written           {out}")
-    print("\n".join(lines))
+    print("\n".join(lines), file=stdout)
     return 0
 
 
@@ -104,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pertgrn`` console script."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    return args.func(args)
+    # stdout carries results only: whatever a library prints while a command runs (scvi-tools draws its
+    # training progress bar on stdout) goes to stderr, beside the log messages
+    results = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return args.func(args, stdout=results)
 
 
 if __name__ == "__main__":  # pragma: no cover
