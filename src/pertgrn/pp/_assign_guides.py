@@ -179,7 +179,9 @@ def _read_guide_counts(
         guides = [str(g) for g in holder.var_names]
         found = _resolve_targets(guides, holder.var, targets, target_pattern)
         where = source + (f".layers[{layer!r}]" if layer is not None else ".X")
-        return _GuideCounts(sparse.csr_matrix(X), pd.Index(holder.obs_names.astype(str)), guides, found, where)
+        return _GuideCounts(
+            sparse.csr_matrix(X, copy=True), pd.Index(holder.obs_names.astype(str)), guides, found, where
+        )
     if not isinstance(guide_counts, str):
         raise TypeError(
             f"`guide_counts` must be None, an obsm key (str), a modality name or an AnnData, "
