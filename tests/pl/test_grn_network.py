@@ -79,10 +79,11 @@ def test_network_draws_top_edges_with_their_nodes(screen):
 
 
 def test_widths_are_uniform_when_weights_barely_differ(screen):
-    nodes, weights = read_grn(screen, "baseline_de")
+    graph = read_grn(screen, "baseline_de")
+    nodes, weights = graph.nodes, graph.weights
     # edge probabilities just above 0.5, as GPO-VAE's: differences of 0.1 % mean nothing to a reader
     probabilities = np.where(weights > 0, 0.5 + 0.003 * weights / weights.max(), 0.4)
-    write_grn(screen, key="probabilities", nodes=nodes, weights=probabilities, params={})
+    write_grn(screen, key="probabilities", grn=NodeGRN(nodes=nodes, weights=probabilities), params={})
     ax = pg.pl.grn_network(screen, key="probabilities", top_edges=20, show=False)
     widths = {a.get_linewidth() for a in _arrows(ax)}
     assert widths == {UNIFORM_WIDTH}
