@@ -576,14 +576,15 @@ class GPOVAE(PerturbationModel):
             latents.append(out["z_b"][0].cpu())
         return torch.cat(latents).numpy()
 
-    def _basal_states(self, adata: AnnData | None, n_cells: int) -> torch.Tensor:
-        """Basal states to decode from: posterior means of (QC-passing) control cells, or prior draws.
+    def _basal_states(self, adata: AnnData | None, n_cells: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Basal states to decode from, with the library sizes of the cells they come from.
 
-        With ``adata=None``: ``basal_states="controls"`` takes the model's own training control
-        cells, ``"prior"`` (the reference) draws ``N(0, I)``. With an AnnData: its control cells.
+        With ``adata=None``: ``basal_states="controls"`` takes posterior means of the model's own
+        (QC-passing) training control cells, ``"prior"`` (the reference) draws ``N(0, I)`` (no library
+        sizes). With an AnnData: posterior means of its (QC-passing) control cells.
         """
         if adata is None and self.basal_source == "prior":
-            return torch.randn(n_cells, self.module.n_latent, device=self.module.device)
+            return torch.randn(n_cells, self.module.n_latent, device=self.module.device), None
         keep_training = adata is None
         adata = self._validate_anndata(adata)
         keep = np.asarray(adata.obs[CONDITION_KEY] == self.design.control)
@@ -598,7 +599,30 @@ class GPOVAE(PerturbationModel):
         chosen = controls[torch.randint(controls.size, (n_cells,)).numpy()]
         unique, inverse = np.unique(chosen, return_inverse=True)
         latent = self.get_latent_representation(adata, indices=unique, give_mean=True)
-        return torch.as_tensor(latent[inverse], device=self.module.device)
+        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY) if keep_training else None
+        if counts is None:
+            layer = self.registry["setup_args"].get("layer")
+            counts = adata.layers[layer] if layer is not None else adata.X
+        library = np.asarray(counts[unique].sum(axis=1)).ravel()[inverse]
+        return (
+            torch.as_tensor(latent[inverse], device=self.module.device),
+            torch.as_tensor(library, dtype=torch.float32, device=self.module.device),
+        )
+
+    def _log_expression(self, rho: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+        """Mean log2(1 + CP10k) of counts drawn from the decoder at the basal cells' library sizes.
+
+        The observed effects (:func:`pertgrn.get.ate_df`) are means of logs of counts, which for a
+        gene with few counts differ from the log of the expected expression; drawing counts as the
+        model generates them puts predictions in the same units. Without library sizes (prior basal
+        states, as in the reference) the expected expression is used.
+        """
+        if library is None:
+            return super()._log_expression(rho, None)
+        from scvi.distributions import NegativeBinomial
+
+        counts = NegativeBinomial(mu=library[:, None] * rho, theta=torch.exp(self.module.log_theta)).sample()
+        return torch.log2(1.0 + 1e4 * counts / counts.sum(-1, keepdim=True).clamp_min(1.0))
 
     def _decode(self, design: torch.Tensor, basal: torch.Tensor) -> torch.Tensor:
         """Artifact-free normalised expression (deterministic latent effects, or per-cell draws in the reference)."""
