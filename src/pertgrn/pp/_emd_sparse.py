@@ -83,15 +83,69 @@ def _jit(func):
 
 
 @_jit
+def _best_two(C, j, c, curp, shield, lst, lst_cost, bound, has_list, topv, topi):  # pragma: no cover - compiled
+    """Cheapest and second-cheapest cell of control ``j`` (bidder row ``c`` of the lists) by ``C[j] + curp``.
+
+    Returns ``(w1, i1, w2, C[j, i1])``. With ``shield > 0``, scans the control's remembered cells
+    when their minimum is at most ``bound[c]`` (every other cell costs at least that, since prices
+    only rise), else scans all cells and remembers the ``shield`` cheapest and the next value.
+    """
+    if shield > 0 and has_list[c]:
+        w1 = np.inf
+        w2 = np.inf
+        i1 = -1
+        k1 = 0
+        for k in range(shield):
+            i = lst[c, k]
+            v = lst_cost[c, k] + curp[i]
+            if v < w1:
+                w2 = w1
+                w1 = v
+                i1 = i
+                k1 = k
+            elif v < w2:
+                w2 = v
+        if w1 <= bound[c]:
+            if bound[c] < w2:
+                w2 = bound[c]
+            return w1, i1, w2, lst_cost[c, k1]
+    k_top = topv.shape[0]
+    last = k_top - 1
+    for k in range(k_top):
+        topv[k] = np.inf
+        topi[k] = -1
+    n = C.shape[1]
+    for i in range(n):
+        v = C[j, i] + curp[i]
+        if v < topv[last]:
+            k = last
+            while k > 0 and topv[k - 1] > v:
+                topv[k] = topv[k - 1]
+                topi[k] = topi[k - 1]
+                k -= 1
+            topv[k] = v
+            topi[k] = i
+    if shield > 0:
+        for k in range(shield):
+            lst[c, k] = topi[k]
+            lst_cost[c, k] = C[j, topi[k]]
+        bound[c] = topv[shield]
+        has_list[c] = True
+    return topv[0], topi[0], topv[1], C[j, topi[0]]
+
+
+@_jit
 def _auction(C, bidders, pieces, eps_seq, p, shield, max_bids):  # pragma: no cover - compiled
     """ε-scaling forward auction; updates the cell prices ``p`` in place, returns the number of bids.
 
     ``bidders`` are row indices of ``C`` (controls), each split into ``pieces`` indivisible units
-    of demand; cell ``i`` has ``cap[i]`` slots, ``sum(cap)`` = number of units. Each phase starts
-    with empty cells whose reserve prices are the previous phase's final prices, and processes
-    the unassigned units first in, first out (Gauss-Seidel). ``shield > 0`` keeps each bidder's
-    ``shield`` cheapest cells and the next value as a bound, valid while prices only rise.
-    Returns -1 if a phase exceeded ``max_bids`` bids (prices are then left as they are).
+    of demand; cell ``i`` has ``cap[i]`` slots, ``sum(cap)`` = number of units, and keeps the bids
+    it holds in a min-heap. Unassigned units bid first in, first out (Gauss-Seidel). Between
+    phases, a unit keeps its cell if it still satisfies ε-complementary slackness at the new ε
+    with every slot priced at its cell's final price (lowering a slot to the cell's lowest price
+    breaks no one's slackness); the others bid again. ``shield > 0`` lets bids scan only a unit's
+    cheapest cells (see :func:`_best_two`). Returns -1 if a phase exceeded ``max_bids`` bids
+    (prices are then left as they are).
     """
     n = C.shape[1]
     n_ctrl = bidders.shape[0]
@@ -103,16 +157,16 @@ def _auction(C, bidders, pieces, eps_seq, p, shield, max_bids):  # pragma: no co
     off[0] = 0
     for i in range(n):
         cap[i] = base + (1 if i < extra else 0)
-        off[i + 1] = off[i] + cap[i] + 1
+        off[i + 1] = off[i] + cap[i]
     held_p = np.empty(off[n], np.float64)
     held_b = np.empty(off[n], np.int64)
     cnt = np.zeros(n, np.int64)
+    assign = np.full(nb, -1, np.int64)
     curp = p.copy()
     size = nb + 1
     queue = np.empty(size, np.int64)
-    k_top = shield + 1 if shield > 0 else 2
-    topv = np.empty(k_top, np.float64)
-    topi = np.empty(k_top, np.int64)
+    topv = np.empty(shield + 1 if shield > 0 else 2, np.float64)
+    topi = np.empty(topv.shape[0], np.int64)
     n_list = shield if shield > 0 else 1
     lst = np.empty((n_ctrl, n_list), np.int32)
     lst_cost = np.empty((n_ctrl, n_list), np.float64)  # the costs too: one cache line per bid, not `shield`
@@ -125,10 +179,21 @@ def _auction(C, bidders, pieces, eps_seq, p, shield, max_bids):  # pragma: no co
             cnt[i] = 0
             curp[i] = p[i]
         head = 0
+        tail = 0
         for b in range(nb):
-            queue[b] = b
-        tail = nb
-        n_queued = nb
+            a = assign[b]
+            if a >= 0:  # still ε-satisfied at the new ε, with slots at their cell's price? then it stays
+                c = b // pieces
+                w1, i1, w2, cost = _best_two(C, bidders[c], c, curp, shield, lst, lst_cost, bound, has_list, topv, topi)
+                if C[bidders[c], a] + p[a] <= w1 + eps:
+                    held_p[off[a] + cnt[a]] = p[a]
+                    held_b[off[a] + cnt[a]] = b
+                    cnt[a] += 1
+                    continue
+                assign[b] = -1
+            queue[tail] = b
+            tail += 1
+        n_queued = tail
         n_bids = 0
         while n_queued > 0:
             b = queue[head]
@@ -137,83 +202,60 @@ def _auction(C, bidders, pieces, eps_seq, p, shield, max_bids):  # pragma: no co
                 head = 0
             n_queued -= 1
             c = b // pieces
-            j = bidders[c]
-            w1 = _INF
-            w2 = _INF
-            i1 = -1
-            scanned = False
-            if shield > 0 and has_list[c]:
-                k1 = 0
-                for k in range(shield):
-                    i = lst[c, k]
-                    v = lst_cost[c, k] + curp[i]
-                    if v < w1:
-                        w2 = w1
-                        w1 = v
-                        i1 = i
-                        k1 = k
-                    elif v < w2:
-                        w2 = v
-                cost = lst_cost[c, k1]
-                if w1 <= bound[c]:
-                    if bound[c] < w2:
-                        w2 = bound[c]
-                    scanned = True
-            if not scanned:
-                for k in range(k_top):
-                    topv[k] = _INF
-                    topi[k] = -1
-                last = k_top - 1
-                for i in range(n):
-                    v = C[j, i] + curp[i]
-                    if v < topv[last]:
-                        k = last
-                        while k > 0 and topv[k - 1] > v:
-                            topv[k] = topv[k - 1]
-                            topi[k] = topi[k - 1]
-                            k -= 1
-                        topv[k] = v
-                        topi[k] = i
-                w1 = topv[0]
-                i1 = topi[0]
-                w2 = topv[1]
-                cost = C[j, i1]
-                if shield > 0:
-                    for k in range(shield):
-                        lst[c, k] = topi[k]
-                        lst_cost[c, k] = C[j, topi[k]]
-                    bound[c] = topv[shield]
-                    has_list[c] = True
+            w1, i1, w2, cost = _best_two(C, bidders[c], c, curp, shield, lst, lst_cost, bound, has_list, topv, topi)
             o = off[i1]
-            free = cap[i1] - cnt[i1]
+            k_cap = cap[i1]
+            k_cnt = cnt[i1]
             # price of the second-cheapest slot of the chosen cell: the unit could take that one too
-            if free >= 2:
+            # (each cell's bids form a min-heap: the lowest at o, the second lowest at o + 1 or o + 2)
+            if k_cap - k_cnt >= 2:
                 s2 = p[i1]
-            elif free == 1:
-                s2 = held_p[o + cnt[i1] - 1] if cnt[i1] > 0 else _INF
+            elif k_cap - k_cnt == 1:
+                s2 = held_p[o] if k_cnt > 0 else np.inf
+            elif k_cap >= 3:
+                s2 = min(held_p[o + 1], held_p[o + 2])
             else:
-                s2 = held_p[o + cap[i1] - 2] if cap[i1] >= 2 else _INF
+                s2 = held_p[o + 1] if k_cap == 2 else np.inf
             if cost + s2 < w2:
                 w2 = cost + s2
             bid = w2 - cost + eps
-            # insert into the cell's bids, kept sorted by price, descending
-            k = cnt[i1]
-            while k > 0 and held_p[o + k - 1] < bid:
-                held_p[o + k] = held_p[o + k - 1]
-                held_b[o + k] = held_b[o + k - 1]
-                k -= 1
-            held_p[o + k] = bid
-            held_b[o + k] = b
-            cnt[i1] += 1
-            if cnt[i1] > cap[i1]:
-                cnt[i1] -= 1
-                queue[tail] = held_b[o + cnt[i1]]
+            assign[b] = i1
+            if k_cnt < k_cap:  # a free slot: push onto the heap
+                k = k_cnt
+                while k > 0:
+                    parent = (k - 1) >> 1
+                    if held_p[o + parent] <= bid:
+                        break
+                    held_p[o + k] = held_p[o + parent]
+                    held_b[o + k] = held_b[o + parent]
+                    k = parent
+                held_p[o + k] = bid
+                held_b[o + k] = b
+                cnt[i1] = k_cnt + 1
+            else:  # full: the lowest bid is evicted, the new one sifts down from the root
+                evicted = held_b[o]
+                assign[evicted] = -1
+                queue[tail] = evicted
                 tail += 1
                 if tail == size:
                     tail = 0
                 n_queued += 1
-            if cnt[i1] == cap[i1]:
-                curp[i1] = held_p[o + cap[i1] - 1]
+                k = 0
+                while True:
+                    child = 2 * k + 1
+                    if child >= k_cap:
+                        break
+                    if child + 1 < k_cap and held_p[o + child + 1] < held_p[o + child]:
+                        child += 1
+                    if held_p[o + child] >= bid:
+                        break
+                    held_p[o + k] = held_p[o + child]
+                    held_b[o + k] = held_b[o + child]
+                    k = child
+                held_p[o + k] = bid
+                held_b[o + k] = b
+            if cnt[i1] == k_cap:
+                curp[i1] = held_p[o]
             n_bids += 1
             if n_bids > max_bids:
                 for i in range(n):
@@ -221,7 +263,7 @@ def _auction(C, bidders, pieces, eps_seq, p, shield, max_bids):  # pragma: no co
                 return -1
         total += n_bids
         for i in range(n):
-            p[i] = held_p[off[i] + cap[i] - 1]
+            p[i] = held_p[off[i]]  # every cell is full: its lowest bid
     return total
 
 
@@ -269,17 +311,23 @@ def _certificate(C, u, v, tol, k_add):  # pragma: no cover - compiled
     topv = np.empty(k_add, np.float64)
     topi = np.empty(k_add, np.int64)
     last = k_add - 1
-    r_min = _INF
+    r_min = np.inf
     n_violating = 0
     for j in range(m):
-        vj = v[j]
+        row_min = np.inf
+        for i in range(n):  # a plain minimum, which the compiler vectorises: the common, violation-free case
+            r = C[j, i] - u[i]
+            row_min = min(row_min, r)
+        row_min -= v[j]
+        r_min = min(r_min, row_min)
+        if row_min >= -tol:
+            continue
+        n_violating += 1
         for k in range(k_add):
             topv[k] = -tol
             topi[k] = -1
         for i in range(n):
-            r = C[j, i] - u[i] - vj
-            if r < r_min:
-                r_min = r
+            r = C[j, i] - u[i] - v[j]
             if r < topv[last]:
                 k = last
                 while k > 0 and topv[k - 1] > r:
@@ -288,11 +336,19 @@ def _certificate(C, u, v, tol, k_add):  # pragma: no cover - compiled
                     k -= 1
                 topv[k] = r
                 topi[k] = i
-        if topi[0] >= 0:
-            n_violating += 1
-            for k in range(k_add):
-                worst[j, k] = topi[k]
+        for k in range(k_add):
+            worst[j, k] = topi[k]
     return worst, n_violating, r_min
+
+
+@_jit
+def finish_costs(C, control_sq, cell_sq):  # pragma: no cover - compiled
+    """``C = max(-2 C + |y_j|² + |x_i|², 0)`` in place, in one pass (``C`` holds the products ``y_j·x_i``)."""
+    m, n = C.shape
+    for j in range(m):
+        cj = control_sq[j]
+        for i in range(n):
+            C[j, i] = max(C[j, i] * -2.0 + cj + cell_sq[i], 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,7 +601,9 @@ def certified_transport(
     cand, beta, margin = _candidates(C, p, k_cand)
     best_cell = cand[:, 0].copy()
     fixed = _fix_controls(best_cell, margin, n, FIX_MARGIN * scale)
-    arc_keys = np.unique((np.arange(m, dtype=np.int64)[:, None] * n + cand).ravel())
+    # candidate arcs (control, cell): distinct by construction; `_add_arcs` keeps them so
+    arcs_j = np.repeat(np.arange(m, dtype=np.int64), k_cand)
+    arcs_i = cand.ravel()
     if cells is not None and controls is not None:
         direction = cells.mean(axis=0) - controls.mean(axis=0)
         cell_key, control_key = cells @ direction, controls @ direction
@@ -563,9 +621,8 @@ def certified_transport(
         supply_units = m - n * n_fixed_on
         a = supply_units / (n * m)
         b = np.full(free.size, 1.0 / m)
-        arc_j, arc_i = np.divmod(arc_keys, n)
-        keep = local[arc_j] >= 0
-        arc_j, arc_i = arc_j[keep], arc_i[keep]
+        keep = local[arcs_j] >= 0
+        arc_j, arc_i = arcs_j[keep], arcs_i[keep]
         fs, ft, fv, u, v_free, code = _sparse_solve(
             a, b, arc_i, local[arc_j], C[arc_j, arc_i], num_iter, (u0, v0[free]), use_private
         )
@@ -576,7 +633,7 @@ def certified_transport(
                 free = np.arange(m)
                 supply_units = np.full(n, m, dtype=np.int64)
             bj, bi = _backbone(supply_units, free, n, cell_key, control_key)
-            arc_keys = np.union1d(arc_keys, bj * n + bi)
+            arcs_j, arcs_i = _add_arcs(arcs_j, arcs_i, bj, bi, C.shape)
             backbone_added = stats["backbone"] = True
             continue
         v = np.empty(m)
@@ -589,13 +646,13 @@ def certified_transport(
         cost = float(np.dot(mass, C[ctrl, cell]))
         tol = RELATIVE_TOL * max(cost, 0.0) + SCALE_TOL * scale
         worst, n_violating, r_min = _certificate(C, u, v, tol, k_add)
-        stats.update(n_arcs=int(arc_keys.size), n_fixed=int(fixed_idx.size), r_min=float(r_min), tol=tol, cost=cost)
+        stats.update(n_arcs=int(arcs_j.size), n_fixed=int(fixed_idx.size), r_min=float(r_min), tol=tol, cost=cost)
         if n_violating == 0:
             return ctrl, cell, mass, stats
         bad = np.flatnonzero(worst[:, 0] >= 0)
         new = worst[bad]
         new_j = np.repeat(bad, k_add)[new.ravel() >= 0]
-        arc_keys = np.union1d(arc_keys, new_j * n + new.ravel()[new.ravel() >= 0])
+        arcs_j, arcs_i = _add_arcs(arcs_j, arcs_i, new_j, new.ravel()[new.ravel() >= 0], C.shape)
         fixed[bad] = False
         u0, v0 = u, v
     logger.warning(
@@ -609,6 +666,16 @@ def certified_transport(
     ctrl, cell, mass = dense_transport(C, num_iter)
     stats["cost"] = float(np.dot(mass, C[ctrl, cell]))
     return ctrl, cell, mass, stats
+
+
+def _add_arcs(arcs_j, arcs_i, new_j, new_i, shape):
+    """The arc lists with the new arcs ``(new_j, new_i)`` appended, each arc once."""
+    present = np.zeros(shape, dtype=bool)
+    present[arcs_j, arcs_i] = True
+    keep = ~present[new_j, new_i]
+    new_j, new_i = new_j[keep], new_i[keep]
+    first = np.unique(new_j * shape[1] + new_i, return_index=True)[1]  # duplicates among the new ones
+    return np.concatenate([arcs_j, new_j[first]]), np.concatenate([arcs_i, new_i[first]])
 
 
 def _nw_mass(supply_units: np.ndarray, ctrl: np.ndarray, cell: np.ndarray, n: int, m: int) -> np.ndarray:

@@ -262,11 +262,10 @@ def _random_coupling(n: int, m: int, rng: np.random.Generator):
 
 def _cost_matrix(Zp: np.ndarray, Zc: np.ndarray, control_sq: np.ndarray) -> np.ndarray:
     """Controls × cells squared Euclidean costs (float64): one matmul, ``|y|² + |x|² - 2 y·x`` clipped at 0."""
+    from pertgrn.pp._emd_sparse import finish_costs
+
     C = Zc @ Zp.T
-    C *= -2.0
-    C += control_sq[:, None]
-    C += np.einsum("ij,ij->i", Zp, Zp)[None, :]
-    np.maximum(C, 0.0, out=C)
+    finish_costs(C, control_sq, np.einsum("ij,ij->i", Zp, Zp))
     return C
 
 
