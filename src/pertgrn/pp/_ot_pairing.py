@@ -35,8 +35,10 @@ _RELATIVE_ZERO = 1e-12
 #: Largest control block (cells × genes) that is densified to fit the PCA with a randomized SVD;
 #: above it the PCA runs ARPACK on the sparse matrix (implicit centring, little memory).
 _DENSE_PCA_MAX_ENTRIES = 100_000_000
-#: Rows per block when log-normalising and projecting all cells onto the control PCs.
+#: Rows per block when log-normalising and projecting all cells onto the control PCs, and the most
+#: entries (rows × genes) of a block densified for the projection.
 _CHUNK = 10_000
+_DENSE_BLOCK_ENTRIES = 10_000_000
 #: Sinkhorn stops when the l2 error of its column marginal falls below this fraction of ``||b||_2``.
 _SINKHORN_RELATIVE_STOP = 1e-4
 
@@ -176,9 +178,12 @@ def _control_pca(
     components = np.ascontiguousarray(pca.components_.T, dtype=np.float32)
     offset = (pca.mean_.astype(np.float64) @ components.astype(np.float64))[None, :]
     Z = np.empty((counts.shape[0], n_eff), dtype=np.float64)
-    for start in range(0, counts.shape[0], _CHUNK):
-        block = log_normalize(counts[start : start + _CHUNK], target_sum=target_sum)
-        Z[start : start + _CHUNK] = np.asarray(block @ components, dtype=np.float64) - offset
+    # sparse blocks are densified a few thousand rows at a time: a dense product is ~1.5x faster
+    rows = max(1, min(_CHUNK, _DENSE_BLOCK_ENTRIES // n_genes))
+    for start in range(0, counts.shape[0], rows):
+        block = log_normalize(counts[start : start + rows], target_sum=target_sum)
+        block = block.toarray() if sparse.issparse(block) else block
+        Z[start : start + rows] = np.asarray(block @ components, dtype=np.float64) - offset
     info = {
         "use_rep": "pca_controls",
         "n_comps": int(n_eff),
