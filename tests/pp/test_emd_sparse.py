@@ -34,6 +34,8 @@ def _problems():
     out = []
     for k, (n, m, dims) in enumerate([(2, 3, 2), (3, 10, 2), (5, 7, 3), (20, 50, 4), (40, 200, 5), (50, 30, 3)]):
         out.append((f"random n={n} m={m}", _cloud(rng, m, dims), _cloud(rng, n, dims, shift=0.5 * k)))
+    # far fewer controls than cells: each control is split over many cells
+    out.append(("few controls n=200 m=15", _cloud(rng, 15, 3), _cloud(rng, 200, 3, shift=0.5)))
     # large enough for the subsampled auction phases and the shielded bids
     controls = _cloud(rng, 2000, 10)
     out.append(("larger n=100 m=2000", controls, _cloud(rng, 100, 10, shift=1.0)))

@@ -597,7 +597,8 @@ def certified_transport(
         return ctrl, cell, mass, stats
 
     p, stats["bids"] = auction_prices(C, scale)
-    k_cand = min(N_CANDIDATES, n)
+    # a control spreads over at least n / m cells: with fewer controls than cells it needs more arcs
+    k_cand = min(N_CANDIDATES - 1 + math.ceil(n / m), n)
     cand, beta, margin = _candidates(C, p, k_cand)
     best_cell = cand[:, 0].copy()
     fixed = _fix_controls(best_cell, margin, n, FIX_MARGIN * scale)
@@ -611,7 +612,7 @@ def certified_transport(
         cell_key, control_key = -p, beta
     u0, v0 = -p, beta
     backbone_added = False
-    k_add = min(N_ADDED, n)
+    k_add = min(N_ADDED - 1 + math.ceil(n / m), n)
     for _ in range(max_rounds):
         stats["rounds"] += 1
         free = np.flatnonzero(~fixed)
