@@ -481,10 +481,11 @@ def ot_pairing(
         arcs per control cell, POT's network simplex solves the sparse problem, and a check of
         all ``n m`` reduced costs proves the plan optimal for the full problem (relative gap at
         most ``1e-10``) or adds the arcs it is missing and solves again (after 30 rounds, a
-        logged warning and the dense solver). About ten times less CPU than ``"dense"`` at
-        Norman 2019's scale. ``"dense"``: :func:`ot.emd` on the full ``m × n`` cost matrix.
-        Optimal plans need not be unique (ties, duplicated cells); the two solvers then may
-        return different plans of the same cost.
+        logged warning and the dense solver). At Norman 2019's scale (8,907 controls, ~350
+        cells per condition) it takes 5–8 times less CPU than ``"dense"`` and a quarter of its
+        memory; tiny conditions (under ~20,000 cell pairs) gain nothing. ``"dense"``:
+        :func:`ot.emd` on the full ``m × n`` cost matrix. Optimal plans need not be unique (ties,
+        duplicated cells); the two solvers then may return different plans of the same cost.
     test_key
         Boolean column of ``adata.obs`` marking held-out cells (``True``): they are neither paired
         nor used as partners (their rows and columns of the plan are empty), and the PCA and the
