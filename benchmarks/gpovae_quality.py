@@ -130,7 +130,7 @@ def effects(pred: pd.DataFrame, observed: pd.DataFrame) -> dict:
     return {"pearson": float(np.corrcoef(x, y)[0, 1]), "r2": float(r2_score(y, x))}
 
 
-def ate_quality(model, adata, n_cells: int = 500) -> dict:
+def ate_quality(model, adata, n_cells: int = 2000) -> dict:
     design = model.design
     test = adata.obs["test"].to_numpy()
     observed = pg.get.ate_df(adata, mask=test)
