@@ -66,7 +66,7 @@ def _demo(args: argparse.Namespace, stdout: TextIO) -> int:
             max_epochs=epochs,
             random_state=args.seed,
             model_kwargs=DEMO_MODEL,
-            train_kwargs={"batch_size": batch_size, "enable_progress_bar": False},
+            train_kwargs={"batch_size": batch_size},
         )
         n_nodes = len(adata.uns["gpovae"]["nodes"])
         pg.tl.baseline_grn(adata, method="de")
