@@ -513,8 +513,8 @@ def test_presets_and_named_options(screen):
     with pytest.raises(ValueError, match="gpo_form"):
         GPOVAE(screen, gpo_form="khop")
     # the default trains by steps: a small screen gets many epochs, a large one few
-    assert default._default_max_epochs(1000, 128) == int(np.ceil(4000 / np.ceil(900 / 128)))
-    assert default._default_max_epochs(200_000, 128) == int(np.ceil(4000 / np.ceil(180_000 / 128)))
+    assert default._default_max_epochs(1000, 128) == int(np.ceil(2000 / np.ceil(900 / 128)))
+    assert default._default_max_epochs(200_000, 128) == int(np.ceil(2000 / np.ceil(180_000 / 128)))
 
 
 def test_predictions_are_deterministic_given_a_seed(trained):
