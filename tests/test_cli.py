@@ -8,6 +8,7 @@ two epochs; the fitted screen is shared by the tests of one module.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from anndata_equal import assert_equal
 import pertgrn as pg
 from pertgrn import cli
 from pertgrn.cli import build_parser, main
+from pertgrn.cli._fit import FIT_ARGUMENTS
 from pertgrn.cli._models import MODELS, ModelEntry
 from pertgrn.cli._options import FIT_OPTIONS, UsageError, read_run_file, resolve_fit_options
 from pertgrn.cli._steps import STEPS, plan_step
@@ -466,6 +468,9 @@ def test_the_model_table_is_all_a_model_needs(monkeypatch):
         assert callable(getattr(pertgrn.tl, entry.fit)) and entry.fit == f"fit_{name}"
         assert import_object(entry.model_class).__name__ == entry.class_name
         assert set(entry.steps) <= set(STEPS)
+        # every argument of the fit function is an option of the same name (the seed sets random_state)
+        arguments = set(inspect.signature(getattr(pertgrn.tl, entry.fit)).parameters) - {"adata"}
+        assert arguments <= {*FIT_ARGUMENTS, "random_state"} and set(FIT_ARGUMENTS) <= {o.name for o in FIT_OPTIONS}
     # one more line, and the command line offers it
     monkeypatch.setitem(MODELS, "another", ModelEntry("fit_gpovae", "pertgrn.models.GPOVAE", ("ot_pairing",)))
     assert build_parser().parse_args(["fit", "another", "in.h5ad", "-o", "o.h5ad"]).model == "another"
