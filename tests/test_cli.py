@@ -1,12 +1,499 @@
+"""The ``pertgrn`` command: demo, fit, predict, evaluate; exit statuses; run files.
+
+The commands run in a subprocess (``python -m pertgrn.cli`` with this checkout's sources first) on
+a tiny simulated screen, and their output files are read back. The model is tiny and trains for
+two epochs; the fitted screen is shared by the tests of one module.
+"""
+
 from __future__ import annotations
 
-import anndata as ad
-import pytest
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from anndata_equal import assert_equal
+
+import pertgrn as pg
 from pertgrn import cli
 from pertgrn.cli import build_parser, main
+from pertgrn.cli._fit import FIT_ARGUMENTS
+from pertgrn.cli._models import MODELS, ModelEntry
+from pertgrn.cli._options import FIT_OPTIONS, UsageError, read_run_file, resolve_fit_options
+from pertgrn.cli._steps import STEPS, plan_step
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "n_latent": 8,
+    "decoder_n_hidden": 32,
+    "encoder_n_hidden": 32,
+    "embedding_n_hidden": 32,
+    "embedding_n_layers": 2,
+}
+#: the flags of the shared run; RUN_FILE says the same
+FLAGS = [
+    "--test-key",
+    "test",
+    "--max-epochs",
+    "2",
+    "--accelerator",
+    "cpu",
+    "--model-kwargs",
+    json.dumps(SMALL),
+    "--train-kwargs",
+    json.dumps({"enable_progress_bar": False}),
+    "--pp-kwargs",
+    json.dumps({"annotate_qc": {"doublets": False}}),
+]
+RUN_FILE = """\
+test_key = "test"
+max_epochs = 2
+accelerator = "cpu"
+
+[setup]
+pairing_key = "ot_pairing"
+
+[model]
+n_latent = 8
+decoder_n_hidden = 32
+encoder_n_hidden = 32
+embedding_n_hidden = 32
+embedding_n_layers = 2
+
+[train]
+enable_progress_bar = false
+
+[pp.annotate_qc]
+doublets = false
+"""
 
 
+def pertgrn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``pertgrn ARGS`` in a fresh interpreter on this checkout's sources."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "MPLBACKEND": "Agg",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pertgrn.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def _without_uuids(adata: ad.AnnData) -> ad.AnnData:
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):  # scvi-tools draws these at random at set-up
+        del adata.uns[key]
+    return adata
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli")
+    screen = pg.datasets.simulate(
+        n_genes=60,
+        n_regulators=6,
+        n_perturbed=4,
+        n_doubles=1,
+        n_unmeasured_targets=1,
+        n_control=80,
+        cells_per_condition=30,
+        seed=0,
+    )
+    screen.write_h5ad(folder / "screen.h5ad")
+    (folder / "run.toml").write_text(RUN_FILE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fitted(workdir) -> subprocess.CompletedProcess:
+    result = pertgrn("fit", "gpovae", "screen.h5ad", "-o", "fit.h5ad", *FLAGS, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def refitted(workdir, fitted) -> subprocess.CompletedProcess:
+    """A second fit on the output of the first (every step present), under another key, into other paths."""
+    (workdir / "old_model").mkdir()
+    (workdir / "old_model" / "model.pt").write_text("a model saved before, replaced")
+    result = pertgrn(
+        "fit",
+        "gpovae",
+        "fit.h5ad",
+        "-o",
+        "refit.h5ad",
+        "--key-added",
+        "gpovae_b",
+        "--seed",
+        "1",
+        "--model-dir",
+        "old_model",
+        "--summary",
+        "refit_summary.json",
+        *FLAGS,
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- fit
+@pytest.mark.slow
+def test_fit_writes_screen_model_and_summary(workdir, fitted):
+    adata = ad.read_h5ad(workdir / "fit.h5ad")
+    test = adata.obs["test"].to_numpy()
+    # the preprocessing chain ran, held-out cells kept out of the pairing
+    assert test.dtype == bool and 0.1 < test.mean() < 0.3
+    assert {"pertgrn_condition", "pertgrn_qc_fail"} <= set(adata.obs.columns)
+    assert "pertgrn_extended" in adata.var.columns
+    pairing = adata.obsp["ot_pairing"].tocsr()
+    assert pairing[test].nnz == 0 and pairing[:, test].nnz == 0
+    assert adata.uns["ot_pairing"]["params"]["test_key"] == "test"
+    assert "doublets" in adata.uns["pertgrn"]["qc"]["params"] and not adata.uns["pertgrn"]["qc"]["params"]["doublets"]
+    # the fit, with the options given
+    params = adata.uns["gpovae"]["params"]
+    assert params["test_key"] == "test" and params["model"]["n_latent"] == 8
+    assert params["n_epochs_trained"] == 2 and params["train"]["accelerator"] == "cpu"
+    assert adata.obsm["X_gpovae"].shape == (adata.n_obs, 8)
+    assert (workdir / "fit_model" / "model.pt").is_file()
+
+    summary = json.loads((workdir / "fit.json").read_text())
+    assert [s["step"] for s in summary["preprocessing"]] == [
+        "annotate_perturbations",
+        "split_cells",
+        "annotate_qc",
+        "select_extended_genes",
+        "ot_pairing",
+    ]
+    assert all(s["ran"] and s["reason"] == "absent" for s in summary["preprocessing"])
+    assert summary["n_epochs"] == 2 and summary["n_steps"] > 0
+    assert summary["n_edges"] == len(pg.get.grn_df(adata, key="gpovae", threshold=0.5))
+    assert summary["n_edges_stored"] == adata.varp["gpovae_grn"].nnz > 0
+    assert summary["n_held_out"] == int(test.sum()) and summary["n_cells"] == adata.n_obs
+    assert summary["wall_time_s"] >= summary["seconds"]["fit"] > 0
+    assert summary["model_dir"] == str((workdir / "fit_model").resolve())
+    written = summary["keys_written"]
+    assert {"test", "pertgrn_qc_fail", "pertgrn_condition"} <= set(written["obs"])
+    assert written["obsp"] == ["ot_pairing"] and written["varp"] == ["gpovae_grn"]
+    assert {"X_gpovae", "_pertgrn_design"} <= set(written["obsm"])
+    assert summary["options"]["model_kwargs"] == SMALL and summary["options"]["test_key"] == "test"
+    # stdout carries the result only; the logs (and Lightning's lines) went to stderr
+    assert fitted.stdout.startswith("pertgrn fit gpovae: 230 cells x 60 genes, 5 preprocessing step(s) run")
+    assert "fit.json" in fitted.stdout and "annotate_qc" not in fitted.stdout and "GPU available" not in fitted.stdout
+    assert "ot_pairing" in fitted.stderr and "pertgrn: error" not in fitted.stderr  # its progress bar
+
+
+@pytest.mark.slow
+def test_run_file_gives_the_same_run_as_the_flags(workdir, fitted):
+    result = pertgrn("fit", "gpovae", "screen.h5ad", "-o", "from_file.h5ad", "--config", "run.toml", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    by_flags = _without_uuids(ad.read_h5ad(workdir / "fit.h5ad"))
+    by_file = _without_uuids(ad.read_h5ad(workdir / "from_file.h5ad"))
+    assert_equal(by_file, by_flags)  # the whole screen: pp keys, latents, GRN, history, predicted effects
+    pd.testing.assert_frame_equal(pg.get.grn_df(by_file, key="gpovae"), pg.get.grn_df(by_flags, key="gpovae"))
+    options = [json.loads((workdir / name).read_text())["options"] for name in ("fit.json", "from_file.json")]
+    assert options[0] == options[1]
+
+
+@pytest.mark.slow
+def test_fit_skips_present_steps_and_replaces_a_saved_model(workdir, refitted):
+    summary = json.loads((workdir / "refit_summary.json").read_text())
+    assert [(s["ran"], s["reason"]) for s in summary["preprocessing"]] == [(False, "present")] * 5
+    assert summary["key_added"] == "gpovae_b" and summary["options"]["seed"] == 1
+    before = ad.read_h5ad(workdir / "fit.h5ad")
+    after = ad.read_h5ad(workdir / "refit.h5ad")
+    # the preprocessing is the first run's, the first model's keys are kept, the second's added beside them
+    assert (after.obsp["ot_pairing"] != before.obsp["ot_pairing"]).nnz == 0
+    np.testing.assert_array_equal(after.obsm["X_gpovae"], before.obsm["X_gpovae"])
+    assert after.uns["gpovae_b"]["params"]["random_state"] == 1 and "gpovae_b_grn" in after.varp
+    assert set(summary["keys_written"]) == {"obsm", "varp", "uns"}  # no pp key rewritten
+    saved = workdir / "old_model" / "model.pt"
+    assert saved.stat().st_size > 1000 and "refit_summary.json" in refitted.stdout
+    assert not list(workdir.glob(".*pertgrn-*"))  # no temporary file left
+
+
+def test_plan_step_skips_what_matches_and_reruns_what_does_not(workdir):
+    adata = pg.datasets.simulate(n_genes=40, n_regulators=4, n_perturbed=3, n_doubles=0, n_control=60, seed=1)
+    pg.pp.annotate_perturbations(adata)
+    pg.pp.split_cells(adata, key_added="test")
+    pg.pp.select_extended_genes(adata, test_key="test")
+    opts = resolve_fit_options(argparse.Namespace(test_key="test"))
+    extended, split = STEPS["select_extended_genes"], STEPS["split_cells"]
+    assert plan_step(extended, adata, opts, earlier_ran=False) == (False, "present")
+    assert plan_step(extended, adata, opts, earlier_ran=True) == (True, "an earlier step ran")
+    runs, reason = plan_step(extended, adata, {**opts, "test_key": None}, earlier_ran=False)
+    assert runs and reason == "present but computed with test_key='test' (asked: None)"
+    runs, reason = plan_step(
+        extended, adata, {**opts, "pp_kwargs": {"select_extended_genes": {"min_abs_logfc": 2.0}}}, earlier_ran=False
+    )
+    assert runs and "min_abs_logfc=1.0 (asked: 2.0)" in reason
+    assert plan_step(extended, adata, {**opts, "redo": True}, earlier_ran=False) == (True, "--redo")
+    # a held-out column is kept, even with --redo
+    assert plan_step(split, adata, {**opts, "redo": True}, earlier_ran=True)[0] is False
+    assert plan_step(STEPS["ot_pairing"], adata, opts, earlier_ran=False) == (True, "absent")
+    # the recorded perturbation design is compared with the labels asked for
+    perturbations = STEPS["annotate_perturbations"]
+    assert plan_step(perturbations, adata, {**opts, "control": "control"}, earlier_ran=False)[0] is False
+    assert plan_step(perturbations, adata, {**opts, "delimiter": "_"}, earlier_ran=False)[0] is True
+
+
+# -------------------------------------------------------------------------------------- predict
+@pytest.mark.slow
+def test_predict_writes_the_cells_the_saved_model_predicts(workdir, fitted):
+    adata = ad.read_h5ad(workdir / "fit.h5ad")
+    single, other = adata.uns["pertgrn"]["targets"][:2]
+    labels = [single, f"{single}+{other}", "control"]
+    result = pertgrn(
+        "predict",
+        "fit_model",
+        "fit.h5ad",
+        "--perturbations",
+        ",".join(labels),
+        "-n",
+        "7",
+        "-o",
+        "pred.h5ad",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pertgrn predict: 21 cells x 60 genes from GPOVAE for 3 perturbation(s)")
+    predicted = ad.read_h5ad(workdir / "pred.h5ad")
+    assert list(predicted.obs["perturbation"].cat.categories) == labels
+    assert predicted.obs["perturbation"].value_counts().to_dict() == dict.fromkeys(labels, 7)
+    assert list(predicted.var_names) == list(adata.var_names)
+    # the same cells as the Python API gives with the same model and seed
+    from pertgrn.models import GPOVAE
+
+    model = GPOVAE.load(str(workdir / "fit_model"), adata=adata, accelerator="cpu")
+    expected = model.predict(perturbations=labels, n_cells=7, seed=0)
+    np.testing.assert_allclose(predicted.X, expected.X, rtol=1e-5)
+    assert not np.allclose(predicted[predicted.obs["perturbation"] == single].X.mean(0), predicted[-7:].X.mean(0))
+
+
+# ------------------------------------------------------------------------------------- evaluate
+@pytest.mark.slow
+def test_evaluate_writes_metrics_json_and_prints_a_table(workdir, refitted):
+    result = pertgrn(
+        "evaluate", "refit.h5ad", "--keys", "gpovae,gpovae_b", "--test-key", "test", "-o", "metrics.json", cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads((workdir / "metrics.json").read_text())
+    table = pd.DataFrame(document["metrics"])
+    assert list(table.columns) == ["key", "metric", "value"]
+    assert list(pd.unique(table["key"])) == ["gpovae", "gpovae_b"]
+    assert document["options"]["test_key"] == "test"
+    # the values tl.evaluate gives (NaN written as null)
+    adata = ad.read_h5ad(workdir / "refit.h5ad")
+    for key in ("gpovae", "gpovae_b"):
+        expected = pg.tl.evaluate(adata, key=key, test_key="test")["value"]
+        got = table[table["key"] == key].set_index("metric")["value"].astype(float)
+        pd.testing.assert_series_equal(got.reindex(expected.index), expected, check_names=False)
+    # stdout: the metric x key table only
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["gpovae", "gpovae_b"]
+    assert {line.split()[0] for line in lines[2:]} == set(table["metric"])
+    assert "WARNING" not in result.stdout
+
+
+# ------------------------------------------------------------------------------ exit statuses
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "nomodel", "screen.h5ad", "-o", "out.h5ad"], "invalid choice: 'nomodel'"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--model-kwargs", "{n_latent: 8}"], "not valid JSON"),
+        (
+            ["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--perturbation-key", "guide"],
+            "'guide' is not a column of obs",
+        ),
+    ],
+    ids=["unknown-model", "bad-json", "missing-column"],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, args, message):
+    before = _files(workdir)
+    result = pertgrn(*args, cwd=workdir)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("pertgrn: error: ") and message in errors[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert _files(workdir) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "gpovae", "absent.h5ad", "-o", "out.h5ad"], "input file 'absent.h5ad' does not exist"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--model-kwargs", '{"n_latnt": 8}'], "n_latnt"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--model-kwargs", '{"n_latent": 0}'], "positive integer"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--train-kwargs", '{"batch_sise": 8}'], "batch_sise"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--train-kwargs", '{"max_epochs": 8}'], "--max-epochs"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--pp-kwargs", '{"ot_pairng": {}}'], "'ot_pairng'"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--pp-kwargs", '{"ot_pairing": {"seed": 1}}'], "--seed"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--pp-kwargs", '{"annotate_qc": {"n_mad": 2}}'], "n_mad"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--qc-key", "my_qc"], "'my_qc' is not a column"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--layer", "counts"], "'counts' is not a layer"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--test-key", "perturbation"], "boolean obs column"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--control", "ctrl"], "Did you mean 'control'?"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "no_folder/out.h5ad"], "does not exist"),
+        (
+            ["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--model-dir", "screen.h5ad"],
+            "does not hold a saved model",
+        ),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--config", "absent.toml"], "does not exist"),
+        (
+            ["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--devices", "auto", "--train-kwargs", '{"devices": 1}'],
+            "disagrees",
+        ),
+        (["predict", "screen.h5ad", "screen.h5ad", "--perturbations", "A", "-o", "p.h5ad"], "no model.pt"),
+        (["evaluate", "screen.h5ad", "--keys", "gpovae", "-o", "m.json"], "no model or baseline output under"),
+    ],
+)
+def test_bad_input_found_in_process_exits_2(workdir, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(workdir)
+    before = _files(workdir)
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1].startswith(f"pertgrn: error: {args[0]}: ")
+    assert message in captured.err and "Traceback" not in captured.err and captured.out == ""
+    assert _files(workdir) == before
+
+
+@pytest.mark.slow
+def test_unknown_perturbation_in_predict_exits_2(workdir, fitted, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
+    assert main(["predict", "fit_model", "fit.h5ad", "--perturbations", "NOT_A_GENE", "-o", "p.h5ad"]) == 2
+    assert "NOT_A_GENE" in capsys.readouterr().err.splitlines()[-1]
+    assert not (workdir / "p.h5ad").exists()
+
+
+def test_unexpected_failure_exits_1_with_a_traceback(monkeypatch, capsys):
+    def broken(args, stdout):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(cli, "_evaluate", broken)
+    assert main(["evaluate", "x.h5ad", "--keys", "k"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "Traceback" in err
+        and err.strip().splitlines()[-1] == "pertgrn: unexpected error: evaluate: RuntimeError: disk full"
+    )
+
+
+def test_only_pertgrns_own_checks_count_as_bad_input():
+    adata = pg.datasets.simulate(n_genes=30, n_regulators=3, n_perturbed=2, n_doubles=0, n_control=40, seed=0)
+    with pytest.raises(ValueError) as checked:
+        pg.pp.split_cells(adata, fraction=2.0)
+    assert cli._rejected_by_pertgrn(checked.value)
+    with pytest.raises(KeyError) as lookup:
+        {}["missing"]
+    assert not cli._rejected_by_pertgrn(lookup.value)  # raised outside pertgrn
+    # a KeyError from a lookup inside pertgrn (not a `raise` of a check) is a bug, not bad input
+    module = Path(pg.pp.__file__).parent / "_split_cells.py"
+    with pytest.raises(KeyError) as accident:
+        exec(compile("{}['missing']", str(module), "exec"))  # line 1 of the module is its docstring
+    assert not cli._rejected_by_pertgrn(accident.value)
+
+
+# --------------------------------------------------------------------------- options and run files
+def test_run_file_sections_aliases_and_precedence(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'random_state = 3\nqc-key = false\ncontrol = ["NT", "ctrl"]\n[setup]\nlayer = "counts"\n'
+        '[model]\nn_latent = 4\n[train]\nbatch_size = 16\n[pp.ot_pairing]\nmethod = "sinkhorn"\n'
+    )
+    assert read_run_file(path) == {
+        "seed": 3,
+        "qc_key": None,
+        "control": ["NT", "ctrl"],
+        "layer": "counts",
+        "model_kwargs": {"n_latent": 4},
+        "train_kwargs": {"batch_size": 16},
+        "pp_kwargs": {"ot_pairing": {"method": "sinkhorn"}},
+    }
+    args = build_parser().parse_args(
+        [
+            "fit",
+            "gpovae",
+            "in.h5ad",
+            "-o",
+            "o.h5ad",
+            "--config",
+            str(path),
+            "--seed",
+            "5",
+            "--model-kwargs",
+            '{"preset": "reference"}',
+        ]
+    )
+    opts = resolve_fit_options(args)
+    assert opts["seed"] == 5 and opts["layer"] == "counts" and opts["qc_key"] is None
+    assert opts["model_kwargs"] == {"n_latent": 4, "preset": "reference"}  # merged, the command line over the file
+    assert opts["test_key"] is None and opts["pairing_key"] == "ot_pairing"  # defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("test_ky = 'test'\n", "Did you mean 'test_key'?"),
+        ("layer = 'a'\n[setup]\nlayer = 'b'\n", "'layer' is given twice"),
+        ("[setup]\nmax_epochs = 3\n", "[setup] holds"),
+        ("max_epochs = 0\n", "positive integer"),
+        ("max_epochs = \n", "cannot read the run file"),
+    ],
+)
+def test_bad_run_files(tmp_path, text, message):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=None) as error:
+        read_run_file(path)
+    assert message in str(error.value)
+
+
+def test_the_model_table_is_all_a_model_needs(monkeypatch):
+    import pertgrn.tl
+    from pertgrn.cli._models import import_object
+
+    for name, entry in MODELS.items():
+        assert callable(getattr(pertgrn.tl, entry.fit)) and entry.fit == f"fit_{name}"
+        assert import_object(entry.model_class).__name__ == entry.class_name
+        assert set(entry.steps) <= set(STEPS)
+        # every argument of the fit function is an option of the same name (the seed sets random_state)
+        arguments = set(inspect.signature(getattr(pertgrn.tl, entry.fit)).parameters) - {"adata"}
+        assert arguments <= {*FIT_ARGUMENTS, "random_state"} and set(FIT_ARGUMENTS) <= {o.name for o in FIT_OPTIONS}
+    # one more line, and the command line offers it
+    monkeypatch.setitem(MODELS, "another", ModelEntry("fit_gpovae", "pertgrn.models.GPOVAE", ("ot_pairing",)))
+    assert build_parser().parse_args(["fit", "another", "in.h5ad", "-o", "o.h5ad"]).model == "another"
+
+
+def test_help_lists_exit_statuses_and_docs_list_every_option():
+    parser = build_parser()
+    text = parser.format_help()
+    assert "exit status" in text and "0  success" in text and "2  bad usage" in text and "1  unexpected" in text
+    docs = (ROOT / "docs" / "cli.md").read_text()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in subcommands.items():
+        assert f"pertgrn {name}" in docs
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert f"`{flag}" in docs, f"docs/cli.md does not document {name} {flag}"
+    fit = subcommands["fit"].format_help()
+    for option in FIT_OPTIONS:
+        assert option.flags[0] in fit
+
+
+# ------------------------------------------------------------------------------------------ demo
 def test_demo_writes_an_annotated_screen(tmp_path, capsys):
     out = tmp_path / "demo.h5ad"
     assert main(["demo", "--steps", "30", "--out", str(out), "--top-edges", "3"]) == 0

@@ -1,29 +1,39 @@
-"""Command-line interface: ``pertgrn demo`` and friends.
-
-Results go to stdout; log messages and progress bars go to stderr. The parser imports nothing
-heavy, so ``pertgrn --help`` and ``pertgrn --version`` answer at once; a command imports what it needs.
-"""
+"""``pertgrn demo``: simulate a screen with a known GRN, preprocess it, fit GPO-VAE, compare with the truth."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 
-def _configure_logging(verbose: bool) -> None:
-    # pertgrn's own logger prints to stderr at settings.verbosity; the root logger is left alone, so the
-    # lines of Lightning and scvi-tools (which print through their own handlers) are not printed twice
-    from pertgrn import settings
+#: the demo's GPOVAE: the default preset with small networks, so that it runs in about a minute on a laptop
+DEMO_MODEL = {
+    "n_latent": 16,
+    "decoder_n_hidden": 128,
+    "encoder_n_hidden": 64,
+    "embedding_n_hidden": 64,
+    "embedding_n_layers": 2,
+}
 
-    settings.verbosity = "info" if verbose else None
+
+def add_parser(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
+    """Add ``pertgrn demo`` to the subcommands."""
+    demo = sub.add_parser(
+        "demo", help="simulate a screen, preprocess it, fit GPOVAE and write an .h5ad", formatter_class=formatter
+    )
+    demo.add_argument("--out", default="pertgrn_demo.h5ad", help="output .h5ad (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="simulation and training seed (default: %(default)s)")
+    demo.add_argument(
+        "--steps", type=int, default=800, help="GPOVAE optimisation steps; 0 skips training (default: %(default)s)"
+    )
+    demo.add_argument("--top-edges", type=int, default=10, help="edges to print (default: %(default)s)")
+    return demo
 
 
-def _demo(args: argparse.Namespace, stdout: TextIO) -> int:
+def run(args: argparse.Namespace, stdout: TextIO) -> int:
+    """Run ``pertgrn demo``."""
     import numpy as np
 
     import pertgrn as pg
@@ -90,51 +100,3 @@ def _demo(args: argparse.Namespace, stdout: TextIO) -> int:
     lines.append(f"  written           {out}")
     print("\n".join(lines), file=stdout)
     return 0
-
-
-#: the demo's GPOVAE: the default preset with small networks, so that it runs in about a minute on a laptop
-DEMO_MODEL = {
-    "n_latent": 16,
-    "decoder_n_hidden": 128,
-    "encoder_n_hidden": 64,
-    "embedding_n_hidden": 64,
-    "embedding_n_layers": 2,
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``pertgrn`` argument parser."""
-    from pertgrn import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="pertgrn",
-        description="Gene regulatory networks and perturbation-response models for single-cell CRISPR screens.",
-        epilog="Results go to stdout; log messages and progress bars to stderr.",
-    )
-    parser.add_argument("--version", action="version", version=f"pertgrn {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step's summary (verbosity 'info')")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="simulate a screen, preprocess it, fit GPOVAE and write an .h5ad")
-    demo.add_argument("--out", default="pertgrn_demo.h5ad", help="output .h5ad (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="simulation and training seed (default: %(default)s)")
-    demo.add_argument(
-        "--steps", type=int, default=800, help="GPOVAE optimisation steps; 0 skips training (default: %(default)s)"
-    )
-    demo.add_argument("--top-edges", type=int, default=10, help="edges to print (default: %(default)s)")
-    demo.set_defaults(func=_demo)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pertgrn`` console script."""
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
-    # stdout carries results only: whatever a library prints while a command runs (scvi-tools draws its
-    # training progress bar on stdout) goes to stderr, beside the log messages
-    results = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        return args.func(args, stdout=results)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

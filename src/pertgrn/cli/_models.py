@@ -1,0 +1,51 @@
+"""The models ``pertgrn fit`` and ``pertgrn predict`` know: one line each.
+
+A model joins the command line with one entry: the name users type, its ``pertgrn.tl`` fit function,
+the dotted path of its model class (what ``pertgrn predict`` loads, matched by the class name that
+scvi-tools records in a saved model) and the preprocessing steps it needs after
+``annotate_perturbations`` (see :mod:`pertgrn.cli._steps`). Names only: nothing is imported
+until a command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from pertgrn.cli._options import UsageError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How the command line fits and loads one model."""
+
+    fit: str
+    model_class: str
+    steps: tuple[str, ...]
+
+    @property
+    def class_name(self) -> str:
+        """The class name scvi-tools records in a saved model (``registry["model_name"]``)."""
+        return self.model_class.rsplit(".", 1)[1]
+
+
+#: name → fit function of ``pertgrn.tl``, model class, preprocessing steps
+MODELS: dict[str, ModelEntry] = {
+    "gpovae": ModelEntry("fit_gpovae", "pertgrn.models.GPOVAE", ("annotate_qc", "select_extended_genes", "ot_pairing")),
+}
+
+
+def import_object(path: str) -> Any:
+    """The object at a dotted path such as ``"pertgrn.models.GPOVAE"``."""
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def entry_for_class(class_name: str) -> ModelEntry:
+    """The entry of the model whose class is named ``class_name``."""
+    for entry in MODELS.values():
+        if entry.class_name == class_name:
+            return entry
+    known = [entry.class_name for entry in MODELS.values()]
+    raise UsageError(f"the saved model is a {class_name!r}, which pertgrn cannot load; it loads {known}.")
