@@ -169,7 +169,9 @@ def ate_quality(model, adata, n_cells: int = 2000) -> dict:
     a = model.get_ate(singles, seed=0, n_cells=n_cells).to_numpy().ravel()
     b = model.get_ate(singles, seed=1, n_cells=n_cells).to_numpy().ravel()
     out["stability"] = {
-        "same_seed_identical": bool(np.array_equal(a, model.get_ate(singles, seed=0, n_cells=n_cells).to_numpy().ravel())),
+        "same_seed_identical": bool(
+            np.array_equal(a, model.get_ate(singles, seed=0, n_cells=n_cells).to_numpy().ravel())
+        ),
         "between_seed_pearson": float(np.corrcoef(a, b)[0, 1]),
         "between_seed_max_abs_diff": float(np.abs(a - b).max()),
         "effect_size_p90": float(np.quantile(np.abs(a), 0.9)),

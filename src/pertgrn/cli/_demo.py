@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-
 #: the demo's GPOVAE: the default preset with small networks, so that it runs in about a minute on a laptop
 DEMO_MODEL = {
     "n_latent": 16,
