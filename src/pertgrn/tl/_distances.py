@@ -41,6 +41,7 @@ def distribution_distances(
     kernel_num: int = 10,
     fix_sigma: float = 200.0,
     min_cells: int = 4,
+    sample: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
     """MK-MMD and centroid distance of predicted cells of held-out conditions, next to control, additive and half-split.
@@ -51,8 +52,10 @@ def distribution_distances(
     ``log1p(counts / library · T)``:
 
     ``model``
-        The model's predicted cells (:meth:`predict`, basal states from its training controls),
-        expected counts at library size ``T``.
+        The model's predicted cells (:meth:`predict`, basal states from its training controls):
+        expected counts at library size ``T`` (the papers' protocol: the decoder's output), or
+        counts drawn around them with ``sample=True``, which adds the counting noise observed
+        cells have.
     ``control``
         Random training control cells: no effect at all, the worst case.
     ``additive``
@@ -78,10 +81,15 @@ def distribution_distances(
     target_sum
         ``T``; ``None`` uses the model's (RaptorGraph: the median library size of its training
         cells), else the median library size of the training cells.
-    kernel_num, fix_sigma
-        Kernels of :func:`pertgrn.metrics.mk_mmd` (RAPTORGraph trains with 10 and 200).
+    kernel_num
+        Number of kernels of :func:`pertgrn.metrics.mk_mmd` (RAPTORGraph trains with 10).
+    fix_sigma
+        Central bandwidth of :func:`pertgrn.metrics.mk_mmd` (RAPTORGraph trains with 200).
     min_cells
         Smallest half of held-out cells scored.
+    sample
+        Score counts drawn around the model's expectation (Poisson for RAPTORGraph) instead of
+        the expectation itself.
     seed
         Seed of the halves, the control cells and the model's draws.
 
@@ -173,7 +181,9 @@ def distribution_distances(
         chosen = rng.choice(controls, size=n, replace=n > controls.size)
         control_cells = expression[chosen]
         additive = control_cells + sum(single_effect[t] for t in design.split(label))
-        predicted = model.predict(perturbations=[label], n_cells=n, library_size=target_sum, seed=seed + i)
+        predicted = model.predict(
+            perturbations=[label], n_cells=n, library_size=target_sum, sample=bool(sample), seed=seed + i
+        )
         samples = {
             "model": np.log1p(np.asarray(predicted.X, dtype=np.float64)),
             "control": control_cells,
@@ -182,9 +192,9 @@ def distribution_distances(
         }
         observed = expression[reference]
         row = {("n_cells", ""): n}
-        for method, sample in samples.items():
-            row[("mk_mmd", method)] = mk_mmd(sample, observed, fix_sigma=fix_sigma, kernel_num=int(kernel_num))
-            row[("centroid", method)] = float(np.linalg.norm(sample.mean(axis=0) - observed.mean(axis=0)))
+        for method, cells_of_method in samples.items():
+            row[("mk_mmd", method)] = mk_mmd(cells_of_method, observed, fix_sigma=fix_sigma, kernel_num=int(kernel_num))
+            row[("centroid", method)] = float(np.linalg.norm(cells_of_method.mean(axis=0) - observed.mean(axis=0)))
         rows.append(row)
     table = pd.DataFrame(rows, index=pd.Index(perturbations, name="perturbation"))
     columns = [("mk_mmd", m) for m in METHODS] + [("centroid", m) for m in METHODS] + [("n_cells", "")]

@@ -85,8 +85,10 @@ def enrich_latents(
         Latents to test (names in ``uns[key]["latents"]``); ``None`` tests all.
     orientation
         ``"perturbation"`` or ``"latent"`` (see above).
-    min_size, max_size
-        Gene sets with fewer or more genes among ``var_names`` are left out (spec: 15 and 500).
+    min_size
+        Gene sets with fewer genes among ``var_names`` are left out (spec: 15).
+    max_size
+        Gene sets with more genes among ``var_names`` are left out (spec: 500).
     n_permutations
         Gene permutations behind NES and p-values.
     seed
@@ -97,8 +99,8 @@ def enrich_latents(
     Returns
     -------
     Long :class:`pandas.DataFrame` with columns ``latent``, ``gene_set``, ``nes``, ``fdr``, sorted
-    by FDR. Also writes ``uns[key_added]``: ``nes`` and ``fdr`` (DataFrames latents × gene sets),
-    ``sizes`` (genes of each tested set among ``var_names``) and ``params``.
+    by FDR, then by ``|NES|`` (largest first). Also writes ``uns[key_added]``: ``nes`` and ``fdr``
+    (DataFrames latents × gene sets), ``sizes`` (genes of each tested set among ``var_names``) and ``params``.
 
     Examples
     --------
@@ -177,8 +179,5 @@ def enrich_latents(
     }
     long = nes.stack().rename("nes").to_frame().join(fdr.stack().rename("fdr"))
     long.index.names = ["latent", "gene_set"]
-    return (
-        long.reset_index()
-        .sort_values(["fdr", "nes"], key=lambda c: c.abs() if c.name == "nes" else c)
-        .reset_index(drop=True)
-    )
+    long = long.reset_index().assign(_strength=lambda t: -t["nes"].abs())
+    return long.sort_values(["fdr", "_strength"], kind="stable").drop(columns="_strength").reset_index(drop=True)
