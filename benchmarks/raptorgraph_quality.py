@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         "n_held_out_doubles": int(adata.obs.loc[adata.obs["test"], "pertgrn_condition"].nunique()),
         "ot_seconds": ot_seconds,
         "epochs": args.epochs if args.epochs is not None else "model default",
+        "lr": args.lr if args.lr is not None else "model default",
         "runs": [],
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
                 pairing=pairing,
                 max_epochs=args.epochs,
                 random_state=seed,
-                train_kwargs={"enable_progress_bar": False},
+                train_kwargs={"enable_progress_bar": False, **({"lr": args.lr} if args.lr is not None else {})},
             )
             seconds = time.perf_counter() - start
             scores = pg.tl.distribution_distances(data, model=model, test_key="test", seed=seed)
@@ -186,6 +187,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
     parser.add_argument("--k", type=int, default=10, help="precision@k of the interaction types")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/raptorgraph_quality.json"))
     args = parser.parse_args()

@@ -68,8 +68,9 @@ class RaptorGraph(PerturbationModel):
     where ``x̂_obs`` reconstructs the partner controls, ``x̂_int`` is their counterfactual under
     the cells' perturbation and ``y`` the observed perturbed cells. Defaults are the paper's
     (Tables S4, S5, S9 and §F.6): 109 = k + 4 latents, decoder width 904, SiLU, β = 0.447,
-    μ₀ = 0.27, λ₁ = 0.052, AdamW with lr 1e-4, batches of 256; where the paper is silent, the
-    implementation spec's recommendations (``m = 8``, ``α = γ = δ = 1``, ``s = 1``, staged μ).
+    μ₀ = 0.27, λ₁ = 0.052, AdamW, batches of 256 — except the learning rate (1e-3, see the notes);
+    where the paper is silent, the implementation spec's recommendations (``m = 8``,
+    ``α = γ = δ = 1``, ``s = 1``, staged μ).
 
     Parameters
     ----------
@@ -137,9 +138,14 @@ class RaptorGraph(PerturbationModel):
     - **Which targets can be predicted [1.4].** A target's shift is learned only from cells of
       its single perturbation, so :meth:`predict` and :meth:`get_ate` refuse targets without
       single-perturbation training cells (:attr:`predictable_targets`).
-    - **Epochs.** ``max_epochs=None`` trains ``max(100, ⌈6000 / batches per epoch⌉)`` epochs
-      (at most 2,000), so a small screen gets enough optimiser steps at the paper's
-      learning rate; the paper trains 100 epochs on ~55k cells.
+    - **Epochs and learning rate.** The paper trains 100 epochs of ~55k cells, about 21,500 AdamW
+      steps at ``lr = 1e-4``. ``max_epochs=None`` trains ``max(100, ⌈6000 / batches per epoch⌉)``
+      epochs (at most 2,000), about 6,000 steps, what a laptop CPU does in minutes; at
+      ``lr = 1e-4`` the learned shifts (initialised at 1, moved at most ~``lr`` per Adam step)
+      barely leave 1 in that budget (1.09–1.15 on the Norman subset). The default is therefore
+      ``lr = 1e-3``; on the Norman subset's held-out doubles it lowers the mean MK-MMD from 0.255
+      to 0.178 (additive baseline 0.155) and on the simulator from 0.52 to 0.47. Pass
+      ``lr=1e-4`` (and more epochs) for the paper's setting.
 
     Examples
     --------
@@ -160,11 +166,12 @@ class RaptorGraph(PerturbationModel):
     _training_plan_cls = RaptorGraphTrainingPlan
     grn_level = "latent"
     has_loadings = True
-    #: paper Table S5: AdamW 1e-4, batches of 256; no early stopping (spec A21: the last epoch)
+    #: paper Table S5: AdamW, batches of 256 (lr 1e-3, not 1e-4: see the notes); no early stopping
+    #: (spec A21: the last epoch is kept)
     _train_defaults = {
         "batch_size": 256,
         "early_stopping": False,
-        "plan_kwargs": {"lr": 1e-4},
+        "plan_kwargs": {"lr": 1e-3},
         "trainer_kwargs": {"log_every_n_steps": 1, "check_val_every_n_epoch": 1},
     }
     #: DAG edges with |A| at or below this are not stored or lifted (DAGMA's ``w_threshold``)
@@ -440,7 +447,7 @@ class RaptorGraph(PerturbationModel):
         """Train the model (GPU when present, CPU otherwise) through scvi-tools' training loop.
 
         Minibatches hold up to ``batch_size`` (256) perturbed cells of one condition with their
-        control partners. Defaults: AdamW with ``lr = 1e-4`` and weight decay 0.01, the staged
+        control partners. Defaults: AdamW with ``lr = 1e-3`` and weight decay 0.01, the staged
         DAGMA ``μ`` schedule over the run, no early stopping (the last epoch is kept), 10 % of
         the training cells for the validation loss. Cells held out at set-up (``test_key``) are
         never training or validation cells.
@@ -450,7 +457,7 @@ class RaptorGraph(PerturbationModel):
         max_epochs
             Number of epochs; ``None``: ``max(100, ⌈6000 / batches per epoch⌉)``, at most 2,000.
         lr
-            AdamW learning rate (paper: 1e-4).
+            AdamW learning rate (default 1e-3; the paper: 1e-4 over ~21,500 steps).
         weight_decay
             AdamW weight decay of the network weights (0 on ``A`` and the shifts).
         mu_schedule

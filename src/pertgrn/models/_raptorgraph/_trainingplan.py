@@ -16,8 +16,9 @@ MU_SCHEDULES = ("staged", "smooth", "constant")
 class RaptorGraphTrainingPlan(TrainingPlan):
     """:class:`scvi.train.TrainingPlan` with RAPTORGraph's optimiser and DAGMA path following.
 
-    - AdamW with ``lr = 1e-4`` (paper Table S5), PyTorch's ``eps``, and weight decay 0.01 on
-      every parameter except the DAG ``A`` (which has its own L1 penalty) and the learned shifts.
+    - AdamW (paper Table S5; ``lr`` defaults to the paper's 1e-4 here, the model passes 1e-3),
+      PyTorch's ``eps``, and weight decay 0.01 on every parameter except the DAG ``A`` (which has
+      its own L1 penalty) and the learned shifts.
     - The DAGMA score weight ``μ_t`` follows :func:`~pertgrn.nn.dagma_mu_schedule` over the
       epochs of the run (staged: ``μ_0 · 0.1^⌊4e/E⌋``), passed to the module's loss.
     - After every optimiser step the domain guard keeps ``sI − A∘A`` an M-matrix
