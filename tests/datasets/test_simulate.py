@@ -340,3 +340,114 @@ def test_argument_validation(kwargs, match):
 def test_argument_types(kwargs):
     with pytest.raises(TypeError):
         simulate(**kwargs)
+
+
+# ---- planted regulator modules -------------------------------------------------------------------
+
+MODULAR = {"n_genes": 216, "n_regulators": 40, "n_tf_modules": 4, "n_control": 600, "seed": 2}
+
+
+@pytest.fixture(scope="module")
+def modular() -> ad.AnnData:
+    return simulate(**MODULAR)
+
+
+def test_default_plants_no_modules(adata):
+    assert "true_tf_module" not in adata.var and not adata.obsm
+    assert "tf_modules" not in adata.uns["simulation"]
+    assert adata.uns["simulation"]["parameters"]["n_tf_modules"] == 0
+
+
+def test_module_assignment_and_records(modular):
+    sim = modular.uns["simulation"]
+    modules = sim["tf_modules"]
+    assert list(modules.columns) == ["tf", "module", "measured"]
+    assert set(modules["tf"]) == set(sim["grn"]["source"])  # every regulator, measured or not
+    assert modules["module"].value_counts().sort_index().tolist() == [10, 10, 10, 10]
+    assert (~modules["measured"]).sum() == 2 and set(modules.loc[~modules["measured"], "tf"]) == set(
+        sim["unmeasured_targets"]
+    )
+    column = modular.var["true_tf_module"]
+    assert column.dtype == np.int64
+    measured = modules[modules["measured"]]
+    assert (column[measured["tf"]].to_numpy() == measured["module"].to_numpy()).all()
+    assert (column.drop(measured["tf"]) == -1).all()
+    activity = modular.obsm["true_tf_module_activity"]
+    assert activity.shape == (modular.n_obs, 4)
+    np.testing.assert_allclose(activity.std(axis=0), 1.0, atol=0.05)
+    params = sim["parameters"]
+    assert params["n_tf_modules"] == 4 and params["tf_module_density"] == 0.5
+
+
+def test_regulation_is_dense_within_modules_and_sparse_across(modular):
+    sim = modular.uns["simulation"]
+    module = dict(zip(sim["tf_modules"]["tf"], sim["tf_modules"]["module"], strict=True))
+    grn = sim["grn"]
+    among = grn[grn["source"].isin(module) & grn["target"].isin(module)]
+    same = np.array([module[s] == module[t] for s, t in zip(among["source"], among["target"], strict=True)])
+    intra_pairs, cross_pairs = 4 * 10 * 9 / 2, 40 * 39 / 2 - 4 * 10 * 9 / 2
+    assert same.sum() / intra_pairs > 0.35  # density 0.5
+    assert (~same).sum() / cross_pairs < 0.05  # at most one cross-module parent each, probability 0.2
+    assert (among.loc[same, "weight"] > 0).mean() > 0.65  # 80 % activating
+    # a regulator's incoming regulator weights are shared out, so they sum to at most 2.5 in size
+    assert among.groupby("target")["weight"].apply(lambda w: w.abs().sum()).max() <= 2.5
+    # targets keep the in-degree of the model without modules
+    assert grn[~grn["target"].isin(module)].groupby("target").size().max() <= 3
+
+
+def test_module_activity_drives_control_cells(modular):
+    healthy = (modular.obs["perturbation"] == "control").to_numpy() & ~modular.obs["true_qc_fail"].to_numpy()
+    X = modular.X[healthy].toarray().astype(np.float64)
+    log_expr = np.log1p(X / X.sum(axis=1, keepdims=True) * 1e4)
+    module = modular.var["true_tf_module"].to_numpy()
+    tf = np.flatnonzero(module >= 0)
+    corr = np.corrcoef(log_expr[:, tf].T)
+    same = module[tf][:, None] == module[tf][None, :]
+    off = ~np.eye(tf.size, dtype=bool)
+    assert corr[same & off].mean() > 0.4 and abs(corr[~same].mean()) < 0.1  # measured 0.55 and -0.04
+    activity = modular.obsm["true_tf_module_activity"][healthy]
+    own = [np.corrcoef(log_expr[:, j], activity[:, module[j]])[0, 1] for j in tf]
+    assert np.mean(own) > 0.6  # measured 0.71
+
+
+def test_modules_keep_the_knockdowns_and_the_noise_free_effects(modular):
+    sim = modular.uns["simulation"]
+    for g in sim["perturbed_genes"]:
+        if g in modular.var_names:
+            assert sim["true_lfc"].loc[g, g] == pytest.approx(np.log2(1 - 0.85))
+            cells = (modular.obs["perturbation"] == g).to_numpy()
+            control = (modular.obs["perturbation"] == "control").to_numpy()
+            X = modular.X.toarray().astype(np.float64)
+            X = X / X.sum(axis=1, keepdims=True)
+            j = modular.var_names.get_loc(g)
+            assert X[cells, j].mean() < 0.4 * X[control, j].mean()
+
+
+def test_modules_are_deterministic_and_round_trip(modular, tmp_path):
+    again = simulate(**MODULAR)
+    assert (again.X != modular.X).nnz == 0
+    np.testing.assert_array_equal(again.obsm["true_tf_module_activity"], modular.obsm["true_tf_module_activity"])
+    path = tmp_path / "modular.h5ad"
+    modular.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    pd.testing.assert_series_equal(back.var["true_tf_module"], modular.var["true_tf_module"])
+    np.testing.assert_array_equal(back.obsm["true_tf_module_activity"], modular.obsm["true_tf_module_activity"])
+    pd.testing.assert_frame_equal(
+        back.uns["simulation"]["tf_modules"], modular.uns["simulation"]["tf_modules"], check_index_type=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n_tf_modules": 11}, ValueError, "2 regulators per module"),
+        ({"n_tf_modules": -1}, ValueError, "n_tf_modules"),
+        ({"n_tf_modules": 2.0}, TypeError, "n_tf_modules"),
+        ({"n_tf_modules": 2, "tf_module_density": 0.0}, ValueError, r"\(0, 1\]"),
+        ({"n_tf_modules": 2, "tf_module_density": 1.5}, ValueError, r"\(0, 1\]"),
+        ({"n_tf_modules": 2, "tf_module_density": "dense"}, TypeError, "tf_module_density"),
+    ],
+)
+def test_module_argument_validation(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        simulate(**kwargs)

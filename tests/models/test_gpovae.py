@@ -400,3 +400,40 @@ def test_failed_transfer_leaves_a_new_anndata_untouched(trained):
     with pytest.raises(KeyError, match="pertgrn_qc_fail"):
         model.get_latent_representation(new)
     assert (set(new.obs.columns), set(new.obsm), set(new.uns)) == before
+
+
+def test_kl_warmup_through_plan_kwargs(screen):
+    scvi.settings.seed = 0
+    GPOVAE.setup_anndata(screen)
+    model = GPOVAE(screen, **SMALL)
+    model.train(max_epochs=4, batch_size=256, n_particles=1, plan_kwargs={"n_epochs_kl_warmup": 4}, **QUIET)
+    weights = model.history["kl_weight"]["kl_weight"].to_numpy(dtype=float)
+    # one step per epoch: the weight ramps 0, 1/4, 2/4, 3/4 over the epochs
+    np.testing.assert_allclose(weights, [0.0, 0.25, 0.5, 0.75])
+    # the module's loss takes the weight: a KL term scaled by it enters the total
+    batch = _paired_batch(model, np.arange(64))
+    torch.manual_seed(0)
+    _, _, full = model.module(batch, inference_kwargs={"n_particles": 1}, loss_kwargs={"kl_weight": 1.0})
+    torch.manual_seed(0)
+    _, _, none = model.module(batch, inference_kwargs={"n_particles": 1}, loss_kwargs={"kl_weight": 0.0})
+    kl = sum(full.kl_local[k].mean() for k in full.kl_local)
+    np.testing.assert_allclose(float((full.loss - none.loss).detach()), float(kl.detach()), rtol=1e-4)
+
+
+def test_gpo_term_averages_over_perturbed_cells_only(screen):
+    GPOVAE.setup_anndata(screen)
+    model = GPOVAE(screen, **SMALL)
+    control = screen.obs["pertgrn_condition"] == screen.uns["pertgrn"]["control"]
+    qc_pass = ~screen.obs["pertgrn_qc_fail"].to_numpy()
+    perturbed = np.flatnonzero(~control.to_numpy() & qc_pass)[:40]
+    controls = np.flatnonzero(control.to_numpy())[:60]
+    with torch.no_grad():
+        model.module.grn_logits.normal_(0, 1)
+    losses = []
+    for indices in (perturbed, np.concatenate([perturbed, controls])):
+        torch.manual_seed(0)
+        _, _, out = model.module(_paired_batch(model, indices), inference_kwargs={"n_particles": 1})
+        losses.append(float(out.extra_metrics["gpo_fit"].detach()))
+    # adding 60 control cells to the batch leaves the term unchanged (it is not diluted by 40 / 100)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+    assert losses[0] > 0

@@ -101,3 +101,75 @@ def test_matched_size_counts_only_evaluable_edges(screen):
     assert table["n_edges"] == 20 and table["n_edges_evaluated"] == 20
     too_many = pg.tl.evaluate(adata, key="baseline_de", metrics="mean_wasserstein", test_key="test", n_edges=10**6)
     assert np.isnan(too_many.loc["mean_wasserstein", "value"])
+
+
+def test_any_delimiter_gives_the_same_scores():
+    """FOR and µWD read the screen's own delimiter: a screen written with '_' scores as with '+'."""
+    tables = []
+    for delimiter in ("+", "_"):
+        adata = pg.datasets.simulate(seed=3)
+        adata.obs["perturbation"] = adata.obs["perturbation"].astype(str).str.replace("+", delimiter)
+        pg.pp.annotate_perturbations(adata, control="control", delimiter=delimiter)
+        assert any(delimiter in c for c in adata.obs["pertgrn_condition"].cat.categories)
+        adata.obs["test"] = np.random.default_rng(0).random(adata.n_obs) < 0.3
+        pg.tl.baseline_grn(adata, method="de", test_key="test")
+        tables.append(pg.tl.evaluate(adata, key="baseline_de", metrics="grn", test_key="test", grn_threshold=0.5))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert tables[0].loc["false_omission_rate", "value"] < 0.2
+
+
+def test_truth_as_a_long_table_with_unmeasured_regulators(screen):
+    adata = screen.copy()
+    pg.tl.baseline_grn(adata, method="de", test_key="test")
+    truth = adata.uns["simulation"]["grn"][["source", "target"]]
+    unmeasured = set(adata.uns["pertgrn"]["unmeasured_targets"])
+    assert unmeasured & set(truth["source"])  # the reference names regulators without an expression column
+    by_key = pg.tl.evaluate(adata, key="baseline_de", metrics=["grn_auprc"], test_key="test")
+    by_table = pg.tl.evaluate(adata, key="baseline_de", metrics=["grn_auprc"], test_key="test", truth=truth)
+    assert by_table.loc["grn_auprc", "value"] == pytest.approx(by_key.loc["grn_auprc", "value"])
+    collectri_style = truth.rename(columns={"source": "tf"})
+    again = pg.tl.evaluate(adata, key="baseline_de", metrics=["grn_auprc"], test_key="test", truth=collectri_style)
+    assert again.loc["grn_auprc", "value"] == pytest.approx(by_key.loc["grn_auprc", "value"])
+    no_truth = pg.tl.evaluate(adata, key="baseline_de", metrics="grn", test_key="test", truth=None)
+    assert "grn_auprc" not in no_truth.index
+    with pytest.raises(ValueError, match="source"):
+        pg.tl.evaluate(adata, key="baseline_de", truth=pd.DataFrame({"a": ["x"], "b": ["y"]}))
+
+
+def test_latent_dag_is_scored_on_its_lift_and_checked():
+    from pertgrn._grn_store import LatentGRN
+
+    adata = pg.datasets.simulate(seed=3)
+    pg.pp.annotate_perturbations(adata, control="control")
+    adata.obs["test"] = np.random.default_rng(0).random(adata.n_obs) < 0.3
+    targets = [t for t in adata.uns["pertgrn"]["measured_targets"]][:3]
+    latents = [*targets, "free_0"]
+    dag = np.zeros((4, 4))
+    dag[0, 1], dag[1, 2], dag[0, 3] = 0.8, -0.6, 0.5
+    lift = pd.DataFrame({"latent": targets, "gene": targets, "weight": 1.0})
+    write_grn(adata, key="dag", grn=LatentGRN(latents=latents, dag=dag, lift=lift, min_weight=0.3), params={})
+    table = pg.tl.evaluate(adata, key="dag", metrics=["grn", "dag"], test_key="test", grn_threshold=0.3)["value"]
+    assert table["dag_is_acyclic"] == 1.0 and table["dag_n_edges"] == 3
+    assert table["n_edges"] == 2  # the lift: free_0 anchors no gene
+    # AUPRC on the lift: a reference with exactly the two lifted edges ranks them first
+    exact = pd.DataFrame({"source": targets[:2], "target": targets[1:3]})
+    scored = pg.tl.evaluate(adata, key="dag", metrics=["grn_auprc"], truth=exact)["value"]
+    assert scored["grn_auprc"] == pytest.approx(1.0)
+    dag[2, 0] = 0.9  # a cycle 0 -> 1 -> 2 -> 0
+    write_grn(adata, key="cyclic", grn=LatentGRN(latents=latents, dag=dag, lift=lift, min_weight=0.3), params={})
+    cyclic = pg.tl.evaluate(adata, key="cyclic", metrics="dag", grn_threshold=0.3)["value"]
+    assert cyclic["dag_is_acyclic"] == 0.0 and cyclic["dag_n_edges"] == 4
+
+
+def test_metrics_df_collects_keys(screen):
+    adata = screen.copy()
+    for method in ("de", "correlation"):
+        pg.tl.baseline_grn(adata, method=method, test_key="test")
+        pg.tl.evaluate(adata, key=f"baseline_{method}", metrics=["grn_auprc", "n_edges"], test_key="test")
+    table = pg.get.metrics_df(adata, keys=["baseline_correlation", "baseline_de"])
+    assert list(table.columns) == ["key", "metric", "value"]
+    assert table["key"].unique().tolist() == ["baseline_correlation", "baseline_de"]
+    wide = table.pivot(index="metric", columns="key", values="value")
+    assert wide.loc["grn_auprc", "baseline_de"] > wide.loc["grn_auprc", "baseline_correlation"]
+    with pytest.raises(KeyError, match="tl.evaluate"):
+        pg.get.metrics_df(adata, keys=["nothing"])

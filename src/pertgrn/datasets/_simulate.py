@@ -31,6 +31,14 @@ _BASAL_LOG_CLIP = 3.0
 _COUNTS_PER_GENE = 20.0
 _LIBRARY_LOG_SD = 0.35
 
+#: Regulator modules (``n_tf_modules > 0``): probability that a regulator has one parent in another
+#: module, share of activating regulator -> regulator edges, standard deviation of a module's per-cell
+#: activity and of each regulator's own per-cell noise (both on the sigmoid's input scale).
+_CROSS_MODULE_PROB = 0.2
+_MODULE_ACTIVATION_PROB = 0.8
+_MODULE_ACTIVITY_SD = 1.0
+_TF_NOISE_SD = 0.5
+
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -48,19 +56,39 @@ def _check_fraction(name: str, value: object) -> float:
     return float(value)
 
 
-def _sample_dag(rng: np.random.Generator, n_nodes: int, n_regulators: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sample_dag(
+    rng: np.random.Generator, n_nodes: int, n_regulators: int, n_modules: int = 0, module_density: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Random DAG on positions ``0..n_nodes-1`` in topological order; regulators are ``0..n_regulators-1``.
 
     Every regulator gets at least one child among the targets (positions ``>= n_regulators``),
-    targets have in-degree at most 3, regulators at most 2 (from earlier regulators).
-    Returns ``(parent, child, weight)`` arrays of the edges.
+    targets have in-degree at most 3. Without modules (``n_modules == 0``), regulators have at most
+    2 parents among earlier regulators. With modules, regulators are split at random into
+    ``n_modules`` groups of near-equal size (module 0 the largest); each earlier regulator of the same
+    module is a parent with probability ``module_density`` and each regulator has, with probability
+    :data:`_CROSS_MODULE_PROB`, one parent among the earlier regulators of other modules.
+    Returns ``(parent, child, weight, module)`` arrays: the edges and the module of each regulator
+    (all ``-1`` without modules).
     """
     n_targets = n_nodes - n_regulators
     parents: list[list[int]] = [[] for _ in range(n_nodes)]
-    # regulator hierarchy: each regulator may be regulated by up to two earlier regulators
-    for p in range(1, n_regulators):
-        d = min(int(rng.choice(3, p=[0.5, 0.35, 0.15])), p)
-        parents[p] = sorted(rng.choice(p, size=d, replace=False).tolist())
+    module = np.full(n_regulators, -1, dtype=np.int64)
+    if n_modules:
+        for k, members in enumerate(np.array_split(rng.permutation(n_regulators), n_modules)):
+            module[members] = k
+        for q in range(1, n_regulators):
+            earlier = np.arange(q)
+            same = earlier[module[:q] == module[q]]
+            other = earlier[module[:q] != module[q]]
+            chosen = same[rng.random(same.size) < module_density].tolist()
+            if other.size and rng.random() < _CROSS_MODULE_PROB:
+                chosen.append(int(rng.choice(other)))
+            parents[q] = sorted(chosen)
+    else:
+        # regulator hierarchy: each regulator may be regulated by up to two earlier regulators
+        for p in range(1, n_regulators):
+            d = min(int(rng.choice(3, p=[0.5, 0.35, 0.15])), p)
+            parents[p] = sorted(rng.choice(p, size=d, replace=False).tolist())
     # one anchor target per regulator (distinct targets), so every regulator has a measured child
     anchors = rng.choice(n_targets, size=n_regulators, replace=False) + n_regulators
     for reg, tgt in enumerate(anchors):
@@ -79,7 +107,13 @@ def _sample_dag(rng: np.random.Generator, n_nodes: int, n_regulators: int) -> tu
     # signed weights: 60 % activation, 40 % repression, |w| in [1, 2.5]
     sign = np.where(rng.random(parent.size) < 0.6, 1.0, -1.0)
     weight = sign * rng.uniform(1.0, 2.5, size=parent.size)
-    return parent, child, weight
+    if n_modules:
+        # regulator -> regulator edges: mostly activating, |w| in [1, 2.5] shared out over the parents
+        among = child < n_regulators
+        n_parents = np.bincount(child[among], minlength=n_regulators)[child[among]]
+        sign = np.where(rng.random(int(among.sum())) < _MODULE_ACTIVATION_PROB, 1.0, -1.0)
+        weight[among] = sign * rng.uniform(1.0, 2.5, size=int(among.sum())) / n_parents
+    return parent, child, weight, module
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -93,9 +127,15 @@ def _steady_state(
     weight: np.ndarray,
     threshold: np.ndarray,
     knockdown_strength: float,
+    drive: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Expression of every node relative to control (conditions × nodes), nodes in topological order."""
+    """Expression of every node relative to control (rows × nodes), nodes in topological order.
+
+    ``drive`` (rows × ``m``) is an extra input to the sigmoid of the first ``m`` nodes (the
+    regulators' module activity plus their own noise); ``None`` means none.
+    """
     n_conditions, n_nodes = knocked_down.shape
+    n_driven = 0 if drive is None else drive.shape[1]
     ratio = np.ones((n_conditions, n_nodes))
     order = np.argsort(child, kind="stable")
     parent, child, weight = parent[order], child[order], weight[order]
@@ -103,8 +143,10 @@ def _steady_state(
     remaining = np.where(knocked_down, 1.0 - knockdown_strength, 1.0)
     for j in range(n_nodes):  # positions are a topological order: parents precede children
         lo, hi = starts[j], starts[j + 1]
-        if hi > lo:
+        if hi > lo or j < n_driven:
             activity = (ratio[:, parent[lo:hi]] - 1.0) @ weight[lo:hi]
+            if j < n_driven:
+                activity = activity + drive[:, j]
             ratio[:, j] = _sigmoid(threshold[j] + activity) / _sigmoid(threshold[j])
         ratio[:, j] *= remaining[:, j]
     return ratio
@@ -121,6 +163,8 @@ def simulate(
     n_unmeasured_targets: int = 2,
     knockdown_strength: float = 0.85,
     qc_fail_fraction: float = 0.05,
+    n_tf_modules: int = 0,
+    tf_module_density: float = 0.5,
     seed: int = 0,
 ) -> AnnData:
     """Simulate a Perturb-seq screen whose gene regulatory network is known.
@@ -158,7 +202,21 @@ def simulate(
        log-normal factor, log-sd 0.15), ribosomal genes 10 %, ``HB`` genes 0.2 %, and GRN genes the rest
        in proportion to ``b_g``. Counts are negative-binomial with a per-gene
        inverse dispersion ``phi_g`` log-uniform in [2, 20].
-    6. **QC artefacts.** ``round(qc_fail_fraction * n_cells)`` cells, drawn uniformly over all
+    6. **Regulator modules** (only when ``n_tf_modules > 0``; with the default 0 nothing below is
+       drawn and the screen is the one described above, bit for bit). The regulators are split at
+       random into ``n_tf_modules`` planted modules of near-equal size (module 0 the largest), and
+       the regulator hierarchy of step 2 is replaced by dense intra-module regulation: each earlier
+       regulator of the same module is a parent with probability ``tf_module_density``, and a
+       regulator has, with probability 0.2, one parent in another module. Regulator → regulator
+       weights are activating with probability 0.8, with ``|w|`` uniform in [1, 2.5] divided by the
+       regulator's number of regulator parents (so dense modules do not saturate the sigmoid).
+       Cells then vary within a condition: cell ``c`` has a module activity ``a_cm ~ N(0, 1)`` for
+       each module and each regulator ``j`` an own noise ``e_cj ~ N(0, 0.5²)``, added to its sigmoid's
+       input, ``r_j = sigmoid(theta_j + a_c,m(j) + e_cj + sum_i w_ij (r_i - 1)) / sigmoid(theta_j)``;
+       this variation propagates to the targets through the GRN, in control cells too, which is
+       what lets a GRN be inferred from unperturbed cells. ``true_lfc`` stays the noise-free
+       effect at zero module activity and noise.
+    7. **QC artefacts.** ``round(qc_fail_fraction * n_cells)`` cells, drawn uniformly over all
        conditions including control, are damaged: their non-mitochondrial expression is scaled by
        ``U(0.05, 0.2)``, each non-mitochondrial count is dropped (set to zero) with probability 0.5, and
        ``MT-`` genes take a fraction ``U(0.25, 0.6)`` of the cell's expected counts. They are flagged in
@@ -188,6 +246,10 @@ def simulate(
         Fraction of the target's expression removed by a knockdown, in [0, 1).
     qc_fail_fraction
         Fraction of cells that are damaged (QC artefacts), in [0, 1).
+    n_tf_modules
+        Number of planted regulator modules (step 6); 0 (default) plants none.
+    tf_module_density
+        Probability, in (0, 1], that an earlier regulator of the same module regulates a regulator.
     seed
         Seed of :func:`numpy.random.default_rng`; the same seed gives the same data.
 
@@ -222,6 +284,17 @@ def simulate(
     ``uns["simulation"]["unmeasured_targets"]``
         Sorted list of the perturbed targets that are not in ``var_names`` (str).
 
+    With ``n_tf_modules > 0`` also
+
+    ``var["true_tf_module"]``
+        Int64, the planted module (``0..n_tf_modules-1``) of each measured regulator; ``-1`` for
+        every other gene.
+    ``obsm["true_tf_module_activity"]``
+        ``(n_cells, n_tf_modules)`` float64, the module activities ``a_cm`` of each cell.
+    ``uns["simulation"]["tf_modules"]``
+        :class:`pandas.DataFrame` with columns ``tf`` (every regulator, unmeasured ones included),
+        ``module`` (int) and ``measured`` (bool), sorted by module then name.
+
     Examples
     --------
     >>> import pertgrn
@@ -236,6 +309,11 @@ def simulate(
     (200, 200)
     >>> set(adata.uns["simulation"]["grn"].columns) == {"source", "target", "weight"}
     True
+    >>> modular = pertgrn.datasets.simulate(n_tf_modules=3, seed=1)
+    >>> sorted(set(modular.var["true_tf_module"]))
+    [-1, 0, 1, 2]
+    >>> modular.obsm["true_tf_module_activity"].shape
+    (1680, 3)
     """
     # ---- validation -------------------------------------------------------------------------
     n_genes = _check_int("n_genes", n_genes, 0)
@@ -245,6 +323,15 @@ def simulate(
     n_control = _check_int("n_control", n_control, 1)
     cells_per_condition = _check_int("cells_per_condition", cells_per_condition, 1)
     n_unmeasured_targets = _check_int("n_unmeasured_targets", n_unmeasured_targets, 0)
+    n_tf_modules = _check_int("n_tf_modules", n_tf_modules, 0)
+    if isinstance(tf_module_density, bool) or not isinstance(tf_module_density, numbers.Real):
+        raise TypeError(
+            f"`tf_module_density` must be a number in (0, 1], found {type(tf_module_density).__name__} "
+            f"({tf_module_density!r})."
+        )
+    if not (0.0 < float(tf_module_density) <= 1.0):
+        raise ValueError(f"`tf_module_density` must lie in (0, 1], found {tf_module_density}.")
+    tf_module_density = float(tf_module_density)
     seed = _check_int("seed", seed, 0)
     knockdown_strength = _check_fraction("knockdown_strength", knockdown_strength)
     qc_fail_fraction = _check_fraction("qc_fail_fraction", qc_fail_fraction)
@@ -263,6 +350,11 @@ def simulate(
             f"`n_unmeasured_targets` ({n_unmeasured_targets}) exceeds `n_perturbed` ({n_perturbed}); "
             "unmeasured targets are chosen among the perturbed genes."
         )
+    if n_tf_modules and n_regulators < 2 * n_tf_modules:
+        raise ValueError(
+            f"`n_tf_modules` ({n_tf_modules}) needs at least 2 regulators per module, "
+            f"found `n_regulators` = {n_regulators}."
+        )
     n_measured_regulators = n_regulators - n_unmeasured_targets
     min_genes = len(QC_GENES) + n_measured_regulators + n_regulators
     if n_genes < min_genes:
@@ -278,7 +370,7 @@ def simulate(
     # ---- GRN over nodes in topological order (regulators first) ------------------------------
     n_grn_measured = n_genes - len(QC_GENES)
     n_nodes = n_grn_measured + n_unmeasured_targets
-    parent, child, weight = _sample_dag(rng, n_nodes, n_regulators)
+    parent, child, weight, module = _sample_dag(rng, n_nodes, n_regulators, n_tf_modules, tf_module_density)
     perturbed_pos = np.sort(rng.choice(n_regulators, size=n_perturbed, replace=False))
     unmeasured_pos = np.sort(rng.choice(perturbed_pos, size=n_unmeasured_targets, replace=False))
     width = max(3, len(str(n_nodes - 1)))
@@ -325,13 +417,23 @@ def simulate(
     sizes = np.array([n_control] + [cells_per_condition] * (len(conditions) - 1))
     code = rng.permutation(np.repeat(np.arange(len(conditions)), sizes))
     n_cells = code.size
+    if n_tf_modules:
+        # per-cell module activity and regulator noise, propagated through the GRN cell by cell
+        module_activity = rng.normal(0.0, _MODULE_ACTIVITY_SD, size=(n_cells, n_tf_modules))
+        drive = module_activity[:, module] + rng.normal(0.0, _TF_NOISE_SD, size=(n_cells, n_regulators))
+        cell_nodes = _steady_state(knocked_down[code], parent, child, weight, threshold, knockdown_strength, drive)
+        cell_ratio = np.ones((n_cells, n_genes))
+        cell_ratio[:, :n_grn_measured] = cell_nodes[:, grn_cols]
+        del cell_nodes, drive
+    else:
+        cell_ratio = ratio[code]
     library = median_library_size * np.exp(rng.normal(0.0, library_log_sd, size=n_cells))
     n_fail = int(round(qc_fail_fraction * n_cells))
     qc_fail = np.zeros(n_cells, dtype=bool)
     qc_fail[rng.choice(n_cells, size=n_fail, replace=False)] = True
 
     # healthy cells: MT share varies a little per cell; damaged cells: little cytoplasmic RNA, much MT
-    mean = ratio[code] * proportion  # cells × genes, per unit library size
+    mean = cell_ratio * proportion  # cells × genes, per unit library size
     mean[:, is_mt] *= np.exp(rng.normal(0.0, 0.15, size=(n_cells, 1)))
     damage = rng.uniform(0.05, 0.2, size=n_fail)
     library[qc_fail] *= damage
@@ -395,12 +497,24 @@ def simulate(
             "qc_dropout": dropout,
             "mt_share": _MT_SHARE,
             "basal_log_sd": _BASAL_LOG_SD,
+            "n_tf_modules": n_tf_modules,
+            "tf_module_density": tf_module_density,
+            "tf_module_activity_sd": _MODULE_ACTIVITY_SD,
+            "tf_noise_sd": _TF_NOISE_SD,
         },
         "grn": grn,
         "true_lfc": true_lfc,
         "perturbed_genes": singles,
         "unmeasured_targets": sorted(names[unmeasured_pos].astype(str).tolist()),
     }
+    if n_tf_modules:
+        regulator_module = dict(zip(names[:n_regulators].tolist(), module.tolist(), strict=True))
+        adata.var["true_tf_module"] = np.array([regulator_module.get(g, -1) for g in var_names], dtype=np.int64)
+        adata.obsm["true_tf_module_activity"] = module_activity
+        modules = pd.DataFrame(
+            {"tf": names[:n_regulators].astype(str), "module": module, "measured": measured[:n_regulators]}
+        )
+        adata.uns["simulation"]["tf_modules"] = modules.sort_values(["module", "tf"]).reset_index(drop=True)
     logger.info(
         "simulated %d cells × %d genes: %d conditions, %d GRN edges, %d damaged cells",
         n_cells,

@@ -16,7 +16,6 @@ counted separately (a knocked-down gene's own expression shift would otherwise i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from scipy.stats import mannwhitneyu
 from tqdm.auto import tqdm
 
 from pertgrn._design import PerturbationDesign
+from pertgrn._settings import settings
 from pertgrn._utils import get_matrix, is_integer_counts, library_size, logger
 
 #: bytes allowed for one dense block of normalised expression (cells × genes chunk)
@@ -225,8 +225,8 @@ def _evaluate_pairs(
     keys = chunk_of[order] * len(src_labels) + src_code[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     groups = np.split(order, starts[1:])
-    disable = logger.getEffectiveLevel() > logging.INFO or len(groups) < 50
-    with tqdm(total=len(groups), desc="edges", disable=disable) as bar:
+    disable = not settings.progress_bar or len(groups) < 50
+    with tqdm(total=len(groups), desc="edges", disable=disable, leave=False) as bar:
         current = -1
         for idx in groups:
             bar.update(1)

@@ -8,6 +8,7 @@ from pertgrn.pl._interactions import interactions
 from pertgrn.pl._latent_dag import latent_dag
 from pertgrn.pl._metrics import metrics
 from pertgrn.pl._pairing import pairing
+from pertgrn.pl._tf_communities import tf_communities
 from pertgrn.pl._training_history import training_history
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "latent_dag",
     "metrics",
     "pairing",
+    "tf_communities",
     "training_history",
 ]

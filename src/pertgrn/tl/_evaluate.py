@@ -191,6 +191,11 @@ def evaluate(
         test = adata.obs[test_key].to_numpy()
     else:
         test = np.ones(adata.n_obs, dtype=bool)
+        logger.warning(
+            "evaluate: no `test_key`, so %r is scored on every cell, including the cells it was fitted on; "
+            "hold cells out with `pertgrn.pp.split_cells` and pass `test_key=`",
+            key,
+        )
 
     values: dict[str, float] = {}
     if has_ate and any(m in ATE_METRICS for m in wanted):
@@ -250,9 +255,14 @@ def evaluate(
                 M.false_omission_rate(test_adata, edges, seed=seed, targets=measured_nodes, **common)
             )
         reference = _truth_table(adata, truth)
-        if reference is not None:
+        truth_matrix = None if reference is None else _truth_matrix(graph.nodes, reference)
+        if truth_matrix is not None and not (truth_matrix * ~np.eye(len(graph.nodes), dtype=bool)).any():
+            logger.warning("evaluate: the reference GRN has no edge among the nodes of %r; AUPRC is undefined.", key)
+            values.update({m: np.nan for m in ("grn_auprc", "grn_early_precision") if m in wanted})
+            truth_matrix = None
+        if truth_matrix is not None:
             scores = pd.DataFrame(np.abs(graph.weights), index=graph.nodes, columns=graph.nodes)
-            truth_df = pd.DataFrame(_truth_matrix(graph.nodes, reference), index=graph.nodes, columns=graph.nodes)
+            truth_df = pd.DataFrame(truth_matrix, index=graph.nodes, columns=graph.nodes)
             if "grn_auprc" in wanted:
                 values["grn_auprc"] = float(M.grn_auprc(scores, truth_df))
             if "grn_early_precision" in wanted:

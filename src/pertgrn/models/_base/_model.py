@@ -24,6 +24,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from pertgrn._design import PerturbationDesign
 from pertgrn._grn_store import LatentGRN, NodeGRN, edge_strength
+from pertgrn._settings import progress
 from pertgrn._utils import did_you_mean
 from pertgrn.models._base._fields import DESIGN_KEY, PARTNER_INDEX_KEY
 from pertgrn.models._base._pairing import PairedDataSplitter
@@ -321,7 +322,7 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         known = set(self.design_columns)
         unknown = [t for label in labels if label != "control" for t in self.design.split(label) if t not in known]
         if unknown:
-            hints = "".join(did_you_mean(t, self.design_columns) for t in dict.fromkeys(unknown))
+            hints = did_you_mean(list(dict.fromkeys(unknown)), self.design_columns)
             raise KeyError(
                 f"Unknown perturbation target(s) {sorted(set(unknown))}. The model can perturb its "
                 f"{len(self.design_columns)} targets (e.g. {self.design_columns[:5]}), combined with "
@@ -349,7 +350,10 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         total = design.shape[0] * n_cells
         design_t = torch.as_tensor(design, device=self.module.device)
         self.module.eval()
-        for start in range(0, total, batch_size):
+        starts = range(0, total, batch_size)
+        if len(starts) >= 20:  # long work (many conditions): show progress
+            starts = progress(starts, desc=f"{type(self).__name__}: decoding", unit="batch")
+        for start in starts:
             flat = np.arange(start, min(start + batch_size, total))
             rows = torch.as_tensor(flat // n_cells, device=self.module.device)
             cells = torch.as_tensor(flat % n_cells, device=self.module.device)

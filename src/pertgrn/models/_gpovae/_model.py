@@ -28,7 +28,7 @@ from pertgrn.models._base import (
     design_field,
     partner_fields,
 )
-from pertgrn.models._gpovae._module import GPO_LOSSES, GPOVAEModule
+from pertgrn.models._gpovae._module import GPO_FORMS, GPO_LOSSES, MASK_ESTIMATORS, GPOVAEModule
 from pertgrn.models._gpovae._trainingplan import GPOVAETrainingPlan
 
 _POSITIVE_INTS = (
@@ -41,6 +41,38 @@ _POSITIVE_INTS = (
     "embedding_n_layers",
 )
 _NON_NEGATIVE_FLOATS = ("gpo_weight", "sparsity_weight", "ade_weight")
+
+#: What each preset sets when an option is left at ``None``. ``"reference"`` is the released code
+#: (dmis-lab/GPO-VAE); ``"pertgrn"`` is pertgrn's default (see the class Notes for each change).
+PRESETS: dict[str, dict[str, Any]] = {
+    "reference": {
+        "gpo_weight": 100.0,
+        "sparsity_weight": 5.0,
+        "gpo_form": "bounded_logits",
+        "mask_estimator": "straight_through",
+        "mask_gradient": "all",
+        "deterministic_prediction": False,
+        "basal_states": "prior",
+        "grn_lr": None,
+    },
+    "pertgrn": {
+        "gpo_weight": 1.0,
+        "sparsity_weight": 3.0,
+        "gpo_form": "signed",
+        "mask_estimator": "expectation",
+        "mask_gradient": "gpo",
+        "deterministic_prediction": True,
+        "basal_states": "controls",
+        "grn_lr": 1e-2,
+    },
+}
+_CHOICES = {
+    "preset": tuple(PRESETS),
+    "gpo_form": GPO_FORMS,
+    "mask_estimator": MASK_ESTIMATORS,
+    "mask_gradient": ("all", "gpo"),
+    "basal_states": ("controls", "prior"),
+}
 
 
 class GPOVAE(PerturbationModel):
@@ -176,14 +208,30 @@ class GPOVAE(PerturbationModel):
         embedding_prior_scale: float = 1.0,
         temperature: float = 1.0,
         gpo_loss: str = "full",
-        gpo_weight: float = 100.0,
+        gpo_weight: float | None = None,
         gpo_offset: float = 0.8,
         n_hops: int = 5,
-        sparsity_weight: float = 5.0,
+        sparsity_weight: float | None = None,
         ade_weight: float = 0.1,
+        preset: str = "pertgrn",
+        gpo_form: str | None = None,
+        mask_estimator: str | None = None,
+        mask_gradient: str | None = None,
+        max_effect: float = 5.0,
+        deterministic_prediction: bool | None = None,
+        basal_states: str | None = None,
     ):
         params = {k: v for k, v in locals().items() if k not in ("self", "adata", "__class__")}
         self.check_params(**params)
+        resolved = {k: (PRESETS[preset][k] if params.get(k) is None else params[k]) for k in PRESETS[preset]}
+        self.deterministic_prediction = bool(resolved["deterministic_prediction"])
+        self.basal_source = resolved["basal_states"]
+        self.grn_lr = resolved["grn_lr"]
+        module_params = {
+            k: v
+            for k, v in {**params, **resolved}.items()
+            if k not in ("preset", "deterministic_prediction", "basal_states", "grn_lr")
+        }
         super().__init__(adata)
         self._init_design()
         manager = self.adata_manager
@@ -230,7 +278,7 @@ class GPOVAE(PerturbationModel):
             cf_profiles=None if cf_profiles is None else torch.as_tensor(cf_profiles),
             cf_valid=None if cf_valid is None else torch.as_tensor(cf_valid),
             n_qc_fail=n_qc_fail if self.use_artifact else 0,
-            **params,
+            **module_params,
         )
         # with an artifact latent but no failing cell, keep the (unused) artifact path switched on
         self.module.use_artifact = self.use_artifact
@@ -273,7 +321,7 @@ class GPOVAE(PerturbationModel):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"`n_hops` must be a non-negative integer, found {value!r}.")
         for name in (*_NON_NEGATIVE_FLOATS, "gpo_offset"):
-            if name in params:
+            if params.get(name, 0.0) is not None and name in params:
                 value = params[name]
                 if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
                     raise ValueError(f"`{name}` must be a finite number, found {value!r}.")
@@ -288,6 +336,19 @@ class GPOVAE(PerturbationModel):
             value = params["mask_prior"]
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
                 raise ValueError(f"`mask_prior` must lie in (0, 1), found {value!r}.")
+        for name, choices in _CHOICES.items():
+            if params.get(name) is not None and params[name] not in choices:
+                raise ValueError(f"`{name}` must be one of {choices}, found {params[name]!r}.")
+        if params.get("deterministic_prediction") is not None and not isinstance(
+            params["deterministic_prediction"], bool
+        ):
+            raise ValueError(
+                f"`deterministic_prediction` must be True, False or None, found {params['deterministic_prediction']!r}."
+            )
+        if "max_effect" in params:
+            value = params["max_effect"]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"`max_effect` must be a positive number, found {value!r}.")
         if "gpo_loss" in params and params["gpo_loss"] not in GPO_LOSSES:
             raise ValueError(f"`gpo_loss` must be one of {GPO_LOSSES}, found {params['gpo_loss']!r}.")
 
@@ -456,6 +517,7 @@ class GPOVAE(PerturbationModel):
         ``kl_artifact``, ``gpo_fit``, ``sparsity``, ``ade``, ``n_edges``) for training and validation.
         """
         plan_kwargs = dict(plan_kwargs or {})
+        plan_kwargs.setdefault("grn_lr", self.grn_lr)
         if n_particles is not None:
             plan_kwargs["n_particles"] = n_particles
         if lr is not None:
@@ -515,11 +577,18 @@ class GPOVAE(PerturbationModel):
         return torch.cat(latents).numpy()
 
     def _basal_states(self, adata: AnnData | None, n_cells: int) -> torch.Tensor:
-        """Prior draws ``N(0, I)``, or posterior means of ``adata``'s (QC-passing) control cells."""
-        if adata is None:
+        """Basal states to decode from: posterior means of (QC-passing) control cells, or prior draws.
+
+        With ``adata=None``: ``basal_states="controls"`` takes the model's own training control
+        cells, ``"prior"`` (the reference) draws ``N(0, I)``. With an AnnData: its control cells.
+        """
+        if adata is None and self.basal_source == "prior":
             return torch.randn(n_cells, self.module.n_latent, device=self.module.device)
+        keep_training = adata is None
         adata = self._validate_anndata(adata)
         keep = np.asarray(adata.obs[CONDITION_KEY] == self.design.control)
+        if keep_training:
+            keep &= self.training_mask()
         if self.use_artifact:
             qc_key = self.registry["setup_args"]["qc_key"]
             keep &= ~check_bool_column(adata.obs[qc_key], f"adata.obs[{qc_key!r}]")
@@ -532,8 +601,8 @@ class GPOVAE(PerturbationModel):
         return torch.as_tensor(latent[inverse], device=self.module.device)
 
     def _decode(self, design: torch.Tensor, basal: torch.Tensor) -> torch.Tensor:
-        """Artifact-free normalised expression; each cell draws its own masks and embeddings."""
-        return self.module.generate(design, basal)
+        """Artifact-free normalised expression (deterministic latent effects, or per-cell draws in the reference)."""
+        return self.module.generate(design, basal, deterministic=self.deterministic_prediction)
 
     def _sample_counts(self, mean: torch.Tensor) -> torch.Tensor:
         from scvi.distributions import NegativeBinomial

@@ -24,6 +24,8 @@ from pertgrn.nn import GaussianHead, ResidualMLP, bernoulli_kl, relaxed_bernoull
 
 GPO_LOSSES = ("full", "sparsity", "dge", "dge_khop", "none")
 GPOLoss = Literal["full", "sparsity", "dge", "dge_khop", "none"]
+GPO_FORMS = ("signed", "bounded_logits")
+MASK_ESTIMATORS = ("expectation", "straight_through")
 
 
 def khop_scores(logits: torch.Tensor, rows: torch.Tensor, n_hops: int) -> torch.Tensor:
@@ -52,6 +54,35 @@ def khop_scores(logits: torch.Tensor, rows: torch.Tensor, n_hops: int) -> torch.
         term = (term @ logits) / n
         total = total + term
     return total
+
+
+def total_effects(effects: torch.Tensor, rows: torch.Tensor, n_hops: int) -> torch.Tensor:
+    """Rows ``rows`` of the total effects ``I + Σ_{k=1..K+1} W^k`` of a signed direct-effect matrix ``W``.
+
+    In a linear structural model with row convention (``W_ij`` is the direct effect of ``i`` on
+    ``j``), shifting node ``i`` by ``δ`` shifts every node by ``δ`` times row ``i`` of
+    ``(I - W)^{-1} = I + W + W² + …``; the sum is truncated after ``K + 1`` hops and computed by
+    row-vector iteration (``O(|rows| · T² · K)``).
+
+    Parameters
+    ----------
+    effects
+        ``W``, ``T × T`` signed direct effects (row = regulator, column = target).
+    rows
+        Long tensor of the rows needed.
+    n_hops
+        ``K``, the number of hops after the first.
+
+    Returns
+    -------
+    ``len(rows) × T`` tensor, differentiable with respect to ``effects``.
+    """
+    term = effects[rows]
+    total = term
+    for _ in range(n_hops):
+        term = term @ effects
+        total = total + term
+    return total + F.one_hot(rows, effects.shape[0]).to(effects.dtype)
 
 
 def khop_scores_dense(logits: torch.Tensor, n_hops: int) -> torch.Tensor:
@@ -141,10 +172,24 @@ class GPOVAEModule(BaseModuleClass):
         n_hops: int = 5,
         sparsity_weight: float = 5.0,
         ade_weight: float = 0.1,
+        gpo_form: str = "bounded_logits",
+        mask_estimator: str = "straight_through",
+        mask_gradient: str = "all",
+        max_effect: float = 5.0,
     ):
         super().__init__()
         if gpo_loss not in GPO_LOSSES:
             raise ValueError(f"`gpo_loss` must be one of {GPO_LOSSES}, found {gpo_loss!r}.")
+        if gpo_form not in GPO_FORMS:
+            raise ValueError(f"`gpo_form` must be one of {GPO_FORMS}, found {gpo_form!r}.")
+        if mask_estimator not in MASK_ESTIMATORS:
+            raise ValueError(f"`mask_estimator` must be one of {MASK_ESTIMATORS}, found {mask_estimator!r}.")
+        if mask_gradient not in ("all", "gpo"):
+            raise ValueError(f"`mask_gradient` must be 'all' or 'gpo', found {mask_gradient!r}.")
+        self.gpo_form = gpo_form
+        self.mask_estimator = mask_estimator
+        self.mask_gradient = mask_gradient
+        self.max_effect = max_effect
         self.n_genes = n_genes
         self.n_nodes = n_nodes
         self.n_latent = n_latent
@@ -161,6 +206,9 @@ class GPOVAEModule(BaseModuleClass):
         self.use_artifact = n_qc_fail > 0
 
         self.register_buffer("measured_node_index", measured_node_index.long())
+        node_measured = torch.zeros(n_nodes, dtype=torch.bool)
+        node_measured[measured_node_index.long()] = True
+        self.register_buffer("node_measured", node_measured, persistent=False)
         self.register_buffer("measured_gene_index", measured_gene_index.long())
         self.register_buffer("target_sum", torch.tensor(float(target_sum)))
         self.register_buffer("node_counts", node_counts.float())
@@ -177,6 +225,14 @@ class GPOVAEModule(BaseModuleClass):
 
         # q(M): logits A, every edge probability 0.5 at initialisation (reference: mask_init = 0)
         self.grn_logits = nn.Parameter(torch.zeros(n_nodes, n_nodes))
+        self.register_buffer("off_diagonal", 1.0 - torch.eye(n_nodes), persistent=False)
+        if gpo_form == "signed":
+            # signed direct effects W = sigmoid(A) ⊙ max_effect · tanh(B)
+            self.grn_effects = nn.Parameter(torch.zeros(n_nodes, n_nodes))
+            # running sums of the paired expression change of each condition's training cells: the fit's target
+            n_measured = int(measured_node_index.numel())
+            self.register_buffer("condition_delta_sum", torch.zeros(n_conditions, n_measured, dtype=torch.float64))
+            self.register_buffer("condition_delta_count", torch.zeros(n_conditions, dtype=torch.float64))
         # q(E | M): correlated normal guide on [mask row, one-hot node]
         self.embedding_trunk = ResidualMLP(2 * n_nodes, embedding_n_hidden, embedding_n_layers)
         self.embedding_head = GaussianHead(embedding_n_hidden, n_nodes)
@@ -203,11 +259,27 @@ class GPOVAEModule(BaseModuleClass):
         return torch.nonzero(design.abs().sum(0) > 0, as_tuple=False).flatten()
 
     def sample_masks(self, rows: torch.Tensor, n_particles: int, deterministic: bool = False) -> torch.Tensor:
-        """``n_particles × len(rows) × T`` hard masks (straight-through), or the mode when deterministic."""
+        """``n_particles × len(rows) × T`` masks of the perturbed rows.
+
+        ``mask_estimator="straight_through"`` (reference): hard relaxed-Bernoulli samples, or the
+        mode when ``deterministic``. ``"expectation"``: the edge probabilities themselves, the same
+        in training and prediction, with each perturbed node's own coordinate always on (a
+        perturbation acts on its target). ``mask_gradient="gpo"`` keeps the ELBO from moving the
+        edge logits, which then follow the GPO terms and the mask prior only.
+        """
         logits = self.grn_logits[rows]
+        if self.mask_gradient == "gpo":
+            logits = logits.detach()
+        if self.mask_estimator == "expectation":
+            masks = torch.maximum(torch.sigmoid(logits), self.node_one_hot[rows])
+            return masks.unsqueeze(0).expand(n_particles, -1, -1)
         if deterministic:
             return (logits > 0).to(logits.dtype).unsqueeze(0).expand(n_particles, -1, -1)
         return relaxed_bernoulli_straight_through(logits, temperature=self.temperature, sample_shape=(n_particles,))
+
+    def direct_effects(self) -> torch.Tensor:
+        """Signed direct effects ``W = sigmoid(A) ⊙ max_effect · tanh(B)`` (diagonal 0) of ``gpo_form="signed"``."""
+        return torch.sigmoid(self.grn_logits) * self.max_effect * torch.tanh(self.grn_effects) * self.off_diagonal
 
     def embedding_guide(self, masks: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of ``q(E_rows | M_rows)``, each ``n_particles × len(rows) × T``."""
@@ -348,8 +420,12 @@ class GPOVAEModule(BaseModuleClass):
         mu = library.unsqueeze(0) * rho
         return {"rho": rho, "px": NegativeBinomial(mu=mu, theta=torch.exp(self.log_theta))}
 
-    def paired_delta(self, x: torch.Tensor, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def paired_delta(
+        self, x: torch.Tensor, tensors: dict[str, torch.Tensor], signed: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``ΔX = |log-normalised x - weighted mean of the partners' log-normalised x|`` on the measured nodes.
+
+        ``signed=True`` returns the difference itself instead of its absolute value.
 
         Expression is ``log1p(counts / library · target_sum)`` for the cell and each control
         partner; the partners' weights come from the OT plan. Returns ``ΔX`` (``B × T_measured``)
@@ -362,7 +438,74 @@ class GPOVAEModule(BaseModuleClass):
         paired = (weight.unsqueeze(-1) * partner_expr).sum(1) / weight.sum(1, keepdim=True).clamp_min(1e-12)
         library = x.sum(-1, keepdim=True).clamp_min(1.0)
         expr = torch.log1p(x[:, self.measured_gene_index] / library * self.target_sum)
-        return (expr - paired).abs(), weight.sum(1) > 0
+        delta = expr - paired
+        return (delta if signed else delta.abs()), weight.sum(1) > 0
+
+    def condition_mean_delta(self, condition: torch.Tensor, delta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Mean paired change of every condition over its training cells seen so far (``n_conditions × T_measured``).
+
+        In training, the batch's cells (those with ``weights``) are first added to the running sums,
+        so after one epoch a condition's row is the mean of ``ΔX`` over all its training cells: the
+        per-cell noise of ``ΔX`` no longer reaches the fit, whose minimiser it would not change (the
+        squared error's minimiser is the mean) but whose gradient it would swamp.
+        """
+        if self.training:
+            w = weights.to(torch.float64).detach()
+            self.condition_delta_sum.index_add_(0, condition, delta.detach().to(torch.float64) * w[:, None])
+            self.condition_delta_count.index_add_(0, condition, w)
+        mean = self.condition_delta_sum / self.condition_delta_count.clamp_min(1.0)[:, None]
+        return mean.to(delta.dtype)
+
+    def signed_fit_loss(self, design: torch.Tensor, target: torch.Tensor, n_hops: int | None = None) -> torch.Tensor:
+        """Mean squared error of the direct-plus-paths explanation of single perturbations' mean changes.
+
+        In a linear structural model ``x = x W + ε`` (row convention), knocking node ``r`` down by
+        ``δ_r`` changes every node by ``δ_r`` times row ``r`` of ``(I - W)^{-1}``, and since
+        ``(I - W)^{-1} = I + (I - W)^{-1} W`` the change of node ``h`` is
+
+        ``Δ_rh = δ_r W_rh + Σ_{g ≠ r} Δ_rg W_gh``:
+
+        the direct effect of ``r`` plus the paths through every node ``g`` that ``r`` changes,
+        every hop of them. ``Δ_rg`` and ``δ_r = Δ_rr`` are the observed mean changes (measured
+        nodes; an unmeasured target's knockdown is one unit, its direct effects absorb the scale).
+        A change that the paths explain needs no direct edge, which the sparsity term then removes:
+        this is how the fit tells direct from indirect effects. ``n_hops = 0`` (the ``"dge"``
+        ablation) leaves the paths out, so each direct effect fits the whole observed change.
+
+        Parameters
+        ----------
+        design
+            ``C × T`` multi-hot design of ``C`` conditions; only singles enter the fit.
+        target
+            ``C × T_measured`` mean paired change of each condition.
+        n_hops
+            ``0`` leaves the paths out; defaults to the module's (``0`` for the ``"dge"`` ablation).
+
+        Returns
+        -------
+        Scalar tensor: the mean over single conditions and measured nodes other than the target
+        (without ``gpo_weight``).
+        """
+        if n_hops is None:
+            n_hops = 0 if self.gpo_loss == "dge" else self.n_hops
+        single = design.sum(-1) == 1
+        if not single.any():
+            return self.grn_effects.sum() * 0.0
+        design, target = design[single], target[single]
+        rows = design.argmax(-1)
+        index = torch.arange(rows.numel(), device=rows.device)
+        observed = target.new_zeros(rows.numel(), self.n_nodes)
+        observed[:, self.measured_node_index] = target
+        unit = -torch.ones_like(rows, dtype=target.dtype)
+        knockdown = torch.where(self.node_measured[rows], observed[index, rows], unit)
+        observed[index, rows] = 0.0  # the target itself is the direct term, not a path
+        effects = self.direct_effects()
+        predicted = knockdown[:, None] * effects[rows]
+        if n_hops > 0:
+            predicted = predicted + observed @ effects
+        residual = (predicted - observed)[:, self.measured_node_index]
+        own = self.node_one_hot[rows][:, self.measured_node_index].bool()
+        return residual.masked_fill(own, 0.0).square().sum() / (~own).sum().clamp_min(1)
 
     def grn_fit_loss(
         self,
@@ -402,8 +545,18 @@ class GPOVAEModule(BaseModuleClass):
         return (residual * weights).sum() / weights.sum().clamp_min(1.0)
 
     def sparsity_loss(self) -> torch.Tensor:
-        """``mean(sigmoid(A))`` (the reference's L1 norm of the edge probabilities over ``T²``)."""
-        return torch.sigmoid(self.grn_logits).mean()
+        """``mean(sigmoid(A))`` (the reference's L1 norm of the edge probabilities over ``T²``).
+
+        With ``gpo_form="signed"`` the diagonal is left out (self-loops are not edges there) and the
+        sum is divided by the number of fitted conditions times measured nodes, the fit's own units.
+        """
+        probabilities = torch.sigmoid(self.grn_logits)
+        if self.gpo_form == "signed":
+            # in the units of the fit: per condition and measured node, so that sparsity_weight sets the
+            # smallest direct effect kept (about sparsity_weight / (2 · max_effect · gpo_weight · δ²))
+            n_fitted = (self.condition_delta_count > 0).sum().clamp_min(1)
+            return (probabilities * self.off_diagonal).sum() / (n_fitted * self.measured_node_index.numel())
+        return probabilities.mean()
 
     def loss(
         self,
@@ -463,11 +616,22 @@ class GPOVAEModule(BaseModuleClass):
                     f"gpo_loss={self.gpo_loss!r} needs each cell's OT partners in the minibatch; set the model "
                     "up with a `pairing_key` (run `pertgrn.pp.ot_pairing` first) and train with the paired loader."
                 )
-            delta_x, has_partner = self.paired_delta(x, tensors)
+            delta_x, has_partner = self.paired_delta(x, tensors, signed=self.gpo_form == "signed")
             weights = (design.sum(-1) > 0) & has_partner
             if qc is not None and self.use_artifact:
                 weights = weights & (qc < 0.5)
-            gpo_fit = self.grn_fit_loss(design, delta_x, weights=weights.to(x.dtype))
+            if self.gpo_form == "signed":
+                condition = tensors[CONDITION_REGISTRY_KEY].reshape(-1).long()
+                means = self.condition_mean_delta(condition, delta_x, weights)
+                fitted = condition[weights]
+                if fitted.numel():
+                    # one row per condition of the batch (any of its cells carries its design)
+                    present, first = torch.unique(fitted, return_inverse=True)
+                    cell = torch.zeros(present.numel(), dtype=torch.long, device=x.device)
+                    cell.scatter_(0, first, torch.nonzero(weights).flatten())
+                    gpo_fit = self.signed_fit_loss(design[cell], means[present])
+            else:
+                gpo_fit = self.grn_fit_loss(design, delta_x, weights=weights.to(x.dtype))
         sparsity = self.sparsity_loss() if self.gpo_loss in ("full", "sparsity") else x.new_zeros(())
 
         kl_local = {"kl_basal": kl_basal, "kl_mask": kl_mask, "kl_embedding": kl_embedding, "kl_artifact": kl_artifact}
@@ -496,15 +660,22 @@ class GPOVAEModule(BaseModuleClass):
     # generation
     # ------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, design: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    def generate(self, design: torch.Tensor, z_b: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """Artifact-free normalised expression ``rho`` (``B × G``) for each design row and basal state.
 
-        Every cell gets its own draw of the masks and embeddings of its perturbed nodes.
+        ``deterministic=False`` (the reference): every cell gets its own draw of the masks and
+        embeddings of its perturbed nodes. ``True``: the masks' mode (or expectation) and the
+        embeddings' means, so that a perturbation's latent effect is the same for every cell and
+        predictions vary only with the basal state.
         """
         batch = design.shape[0]
         rows = self.active_nodes(design)
         z_p = design.new_zeros(batch, self.n_nodes)
-        if rows.numel():
+        if rows.numel() and deterministic:
+            masks = self.sample_masks(rows, 1, deterministic=True)
+            e_loc, _ = self.embedding_guide(masks, rows)
+            z_p = design[:, rows] @ (e_loc * masks)[0]
+        elif rows.numel():
             masks = self.sample_masks(rows, batch)  # one draw per cell
             e_loc, e_scale = self.embedding_guide(masks, rows)
             embedding = Normal(e_loc, e_scale).sample()
