@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 
-import igraph as ig
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
@@ -108,6 +107,8 @@ def latent_dag(
     used = np.arange(len(latents)) if isolated or rows.size == 0 else np.unique(np.concatenate([rows, cols]))
     position = {int(n): i for i, n in enumerate(used)}
     edges = [(position[int(r)], position[int(c)]) for r, c in zip(rows, cols, strict=True)]
+    import igraph as ig  # on first use: `pertgrn.pl` stays quick to import
+
     graph = ig.Graph(n=len(used), edges=edges, directed=True)
     coords = np.asarray(graph.layout_sugiyama().coords, dtype=float)[: len(used)]
     coords[:, 1] = -coords[:, 1]  # parents on top
