@@ -268,3 +268,15 @@ def test_enrich_latents_reads_the_hallmark_gmt(shared_data):
     top = table.iloc[0]
     assert (top["latent"], top["gene_set"]) == ("EGR1", "HALLMARK_E2F_TARGETS")
     assert top["nes"] < 0 and top["fdr"] < 0.05
+
+
+def test_evaluate_scores_the_latent_record(fitted):
+    _, adata = fitted
+    # every control trains in the paper's split, so the held-out cells have no controls of their own:
+    # effects are scored on all cells here (distribution_distances scores the held-out doubles)
+    table = pg.tl.evaluate(adata, key="raptorgraph", metrics=["ate", "dag"])
+    values = table["value"]
+    assert values["dag_is_acyclic"] == 1.0
+    dag = np.asarray(adata.uns["raptorgraph"]["dag"])
+    assert values["dag_n_edges"] == int((np.abs(dag) > 0.3).sum())
+    assert np.isfinite(values["ate_pearson"])
