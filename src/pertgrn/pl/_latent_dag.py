@@ -39,7 +39,7 @@ def latent_dag(
     width grows with ``|A_ab|``, red for positive and blue for negative weights. Latents are placed
     by igraph's Sugiyama layout, so in a DAG every edge points downwards. Latents of measured
     targets, unmeasured targets and free latents are coloured apart. When no edge passes the
-    threshold the latents are drawn without edges and the title says so.
+    threshold the latents are drawn on a grid without edges and the title says so.
 
     Parameters
     ----------
@@ -109,9 +109,13 @@ def latent_dag(
     edges = [(position[int(r)], position[int(c)]) for r, c in zip(rows, cols, strict=True)]
     import igraph as ig  # on first use: `pertgrn.pl` stays quick to import
 
-    graph = ig.Graph(n=len(used), edges=edges, directed=True)
-    coords = np.asarray(graph.layout_sugiyama().coords, dtype=float)[: len(used)]
-    coords[:, 1] = -coords[:, 1]  # parents on top
+    if edges:
+        graph = ig.Graph(n=len(used), edges=edges, directed=True)
+        coords = np.asarray(graph.layout_sugiyama().coords, dtype=float)[: len(used)]
+        coords[:, 1] = -coords[:, 1]  # parents on top
+    else:  # nothing to layer: a grid keeps the names readable
+        n_columns = int(np.ceil(np.sqrt(len(used))))
+        coords = np.column_stack([np.arange(len(used)) % n_columns, -(np.arange(len(used)) // n_columns)]).astype(float)
 
     measured = set(adata.var_names.astype(str))
     targets = set(record.lift["latent"].astype(str))
