@@ -174,7 +174,7 @@ class RaptorGraph(PerturbationModel):
         "plan_kwargs": {"lr": 1e-3},
         "trainer_kwargs": {"log_every_n_steps": 1, "check_val_every_n_epoch": 1},
     }
-    #: DAG edges with |A| at or below this are not stored or lifted (DAGMA's ``w_threshold``)
+    #: DAG edges with ``|A|`` at or below this are not stored or lifted (DAGMA's ``w_threshold``)
     grn_min_weight = EDGE_THRESHOLD
 
     def __init__(

@@ -12,7 +12,7 @@ from torch import nn
 from pertgrn.models._base import DESIGN_KEY, PARTNER_LIBRARY_KEY, PARTNER_X_KEY
 from pertgrn.nn import DAGMALayer, GraphPathwayEncoder, LatentModulator, mk_mmd_loss, order_perturbed_first
 
-#: |A_ij| above which an edge of the latent DAG is reported (DAGMA's ``w_threshold``)
+#: ``|A_ij|`` above which an edge of the latent DAG is reported (DAGMA's ``w_threshold``)
 EDGE_THRESHOLD = 0.3
 
 
