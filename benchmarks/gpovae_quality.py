@@ -130,13 +130,13 @@ def effects(pred: pd.DataFrame, observed: pd.DataFrame) -> dict:
     return {"pearson": float(np.corrcoef(x, y)[0, 1]), "r2": float(r2_score(y, x))}
 
 
-def ate_quality(model, adata) -> dict:
+def ate_quality(model, adata, n_cells: int = 2000) -> dict:
     design = model.design
     test = adata.obs["test"].to_numpy()
     observed = pg.get.ate_df(adata, mask=test)
     singles = [p for p in observed.index if design.is_single(p)]
     doubles = [p for p in observed.index if design.n_targets(p) == 2]
-    model_ate = model.get_ate(singles + doubles)
+    model_ate = model.get_ate(singles + doubles, n_cells=n_cells)
     shift = pg.tl.baseline_predict(adata, method="mean_shift", test_key="test", perturbations=singles)
     half = pg.tl.baseline_predict(adata, method="half_split", test_key="test", perturbations=singles, key_added="half")
     out = {
@@ -166,10 +166,10 @@ def ate_quality(model, adata) -> dict:
             ),
             "nonadditivity": float(1 - r2_score(true_doubles.to_numpy().ravel(), true_additive.to_numpy().ravel())),
         }
-    a = model.get_ate(singles, seed=0).to_numpy().ravel()
-    b = model.get_ate(singles, seed=1).to_numpy().ravel()
+    a = model.get_ate(singles, seed=0, n_cells=n_cells).to_numpy().ravel()
+    b = model.get_ate(singles, seed=1, n_cells=n_cells).to_numpy().ravel()
     out["stability"] = {
-        "same_seed_identical": bool(np.array_equal(a, model.get_ate(singles, seed=0).to_numpy().ravel())),
+        "same_seed_identical": bool(np.array_equal(a, model.get_ate(singles, seed=0, n_cells=n_cells).to_numpy().ravel())),
         "between_seed_pearson": float(np.corrcoef(a, b)[0, 1]),
         "between_seed_max_abs_diff": float(np.abs(a - b).max()),
         "effect_size_p90": float(np.quantile(np.abs(a), 0.9)),

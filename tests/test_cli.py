@@ -9,7 +9,7 @@ from pertgrn.cli import build_parser, main
 
 def test_demo_writes_an_annotated_screen(tmp_path, capsys):
     out = tmp_path / "demo.h5ad"
-    assert main(["demo", "--epochs", "2", "--out", str(out), "--top-edges", "3"]) == 0
+    assert main(["demo", "--steps", "30", "--out", str(out), "--top-edges", "3"]) == 0
     captured = capsys.readouterr()
     printed = captured.out
     for field in ("cells", "QC failures", "extended genes", "OT pairing cost", "AUPRC vs truth", "->"):
@@ -26,7 +26,7 @@ def test_demo_writes_an_annotated_screen(tmp_path, capsys):
 
 def test_demo_without_training(tmp_path, capsys):
     out = tmp_path / "pp.h5ad"
-    assert main(["demo", "--epochs", "0", "--out", str(out)]) == 0
+    assert main(["demo", "--steps", "0", "--out", str(out)]) == 0
     assert "AUPRC" not in capsys.readouterr().out
     assert "gpovae" not in ad.read_h5ad(out).uns
 
@@ -43,7 +43,7 @@ def test_stdout_carries_only_results(monkeypatch, capsys):
         return 0
 
     monkeypatch.setattr(cli, "_demo", command)
-    assert main(["demo", "--epochs", "0"]) == 0
+    assert main(["demo", "--steps", "0"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "the result\n"
     assert "chatter of a library" in captured.err

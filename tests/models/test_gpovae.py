@@ -268,7 +268,7 @@ def test_gradients_reach_grn_logits_through_elbo_and_gpo_term(screen):
 def _ablation(adata: AnnData, gpo_loss: str) -> np.ndarray:
     scvi.settings.seed = 0
     GPOVAE.setup_anndata(adata)
-    model = GPOVAE(adata, gpo_loss=gpo_loss, **SMALL)
+    model = GPOVAE(adata, gpo_loss=gpo_loss, preset="reference", **SMALL)
     model.train(max_epochs=12, batch_size=64, n_particles=1, lr=3e-3, **QUIET)
     return model._grn_probabilities(), model
 
@@ -437,3 +437,91 @@ def test_gpo_term_averages_over_perturbed_cells_only(screen):
     # adding 60 control cells to the batch leaves the term unchanged (it is not diluted by 40 / 100)
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
     assert losses[0] > 0
+
+
+def _module(n_nodes: int, gpo_loss: str = "full", **kwargs):
+    from pertgrn.models._gpovae._module import GPOVAEModule
+
+    return GPOVAEModule(
+        n_genes=n_nodes,
+        n_nodes=n_nodes,
+        measured_node_index=torch.arange(n_nodes),
+        measured_gene_index=torch.arange(n_nodes),
+        target_sum=1e4,
+        node_counts=torch.ones(n_nodes),
+        log_mean=torch.zeros(n_nodes),
+        log_std=torch.ones(n_nodes),
+        n_conditions=n_nodes + 1,
+        cf_profiles=None,
+        cf_valid=None,
+        n_qc_fail=0,
+        n_latent=4,
+        gpo_loss=gpo_loss,
+        gpo_form="signed",
+        mask_estimator="expectation",
+        mask_gradient="gpo",
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("gpo_loss", ["full", "dge"])
+def test_signed_fit_tells_direct_from_indirect_effects(gpo_loss):
+    """A chain 0 -> 1 -| 2: knocking 0 down moves 2 only through 1; the paths term explains it away."""
+    torch.manual_seed(0)
+    truth = torch.tensor([[0.0, 0.8, 0.0], [0.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    design = torch.eye(3)[:2]
+    knockdown = -2.0
+    # observed mean changes of the two single knockdowns: knockdown times rows of (I - W)^-1
+    observed = knockdown * torch.linalg.inv(torch.eye(3) - truth)[:2]
+    module = _module(3, gpo_loss=gpo_loss, sparsity_weight=1.0)
+    optimiser = torch.optim.Adam([module.grn_logits, module.grn_effects], lr=0.05)
+    module.condition_delta_count[:] = 1.0  # two fitted conditions (the sparsity term's units)
+    for _ in range(1500):
+        optimiser.zero_grad()
+        loss = module.signed_fit_loss(design, observed) + module.sparsity_weight * module.sparsity_loss()
+        loss.backward()
+        optimiser.step()
+    effects = module.direct_effects().detach()
+    probabilities = torch.sigmoid(module.grn_logits).detach()
+    torch.testing.assert_close(effects[0, 1], torch.tensor(0.8), atol=0.05, rtol=0)
+    torch.testing.assert_close(effects[1, 2], torch.tensor(-1.0), atol=0.05, rtol=0)
+    if gpo_loss == "full":
+        # the indirect effect of 0 on 2 needs no edge: its probability falls below the true edges'
+        assert abs(float(effects[0, 2])) < 0.05
+        assert probabilities[0, 2] < 0.5 * min(probabilities[0, 1], probabilities[1, 2])
+    else:
+        # without the paths (the "dge" ablation) the whole observed change becomes a direct edge
+        torch.testing.assert_close(effects[0, 2], torch.tensor(-0.8), atol=0.05, rtol=0)
+
+
+def test_presets_and_named_options(screen):
+    from pertgrn.models._gpovae._model import PRESETS
+
+    GPOVAE.setup_anndata(screen)
+    default = GPOVAE(screen, **SMALL)
+    reference = GPOVAE(screen, preset="reference", **SMALL)
+    assert default.module.gpo_form == "signed" and reference.module.gpo_form == "bounded_logits"
+    assert reference.module.mask_estimator == "straight_through" and reference.grn_lr is None
+    assert reference.module.gpo_weight == 100.0 and reference.module.sparsity_weight == 5.0
+    assert not reference.deterministic_prediction and reference.basal_source == "prior"
+    # a named option overrides its preset
+    mixed = GPOVAE(screen, preset="reference", mask_estimator="expectation", **SMALL)
+    assert mixed.module.mask_estimator == "expectation" and mixed.module.gpo_form == "bounded_logits"
+    assert set(PRESETS["pertgrn"]) == set(PRESETS["reference"])
+    with pytest.raises(ValueError, match="preset"):
+        GPOVAE(screen, preset="paper")
+    with pytest.raises(ValueError, match="gpo_form"):
+        GPOVAE(screen, gpo_form="khop")
+    # the default trains by steps: a small screen gets many epochs, a large one few
+    assert default._default_max_epochs(1000, 128) == int(np.ceil(4000 / np.ceil(900 / 128)))
+    assert default._default_max_epochs(200_000, 128) == int(np.ceil(4000 / np.ceil(180_000 / 128)))
+
+
+def test_predictions_are_deterministic_given_a_seed(trained):
+    model, _ = trained
+    labels = ["control", model.nodes[0]]
+    a = model.predict(perturbations=labels, n_cells=5, seed=3)
+    b = model.predict(perturbations=labels, n_cells=5, seed=3)
+    np.testing.assert_array_equal(a.X, b.X)
+    c = model.predict(perturbations=labels, n_cells=5, seed=4)
+    assert not np.array_equal(a.X, c.X)

@@ -328,3 +328,176 @@ def test_papalexi(shared_data):
     assert (emd < random).all()
     reference = pg.get.paired_control_mean(adata, genes=["JAK2", "STAT1"])
     assert reference.shape == (adata.n_obs, 2) and np.isfinite(reference).all()
+
+
+def test_sparse_and_dense_solvers_reach_the_same_optimum():
+    adata = _screen({"control": 300, "A": 40, "B": 25, "C": 60, "A+B": 7}, dims=6, seed=4)
+    pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="sparse")
+    pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="dense", solver="dense")
+    np.testing.assert_allclose(adata.uns["sparse"]["costs"]["cost"], adata.uns["dense"]["costs"]["cost"], rtol=1e-9)
+    assert adata.uns["sparse"]["params"]["solver"] == "sparse"
+    assert adata.uns["dense"]["params"]["solver"] == "dense"
+    controls, groups = _groups(adata)
+    rep = adata.obsm["X_rep"]
+    for idx in groups.values():
+        cost = cdist(rep[idx], rep[controls], "sqeuclidean")
+        optimum = ot_emd_cost(cost)
+        for key in ("sparse", "dense"):
+            block = adata.obsp[key][idx][:, controls].toarray() / idx.size  # the transport plan, total mass 1
+            np.testing.assert_allclose(block.sum(axis=0), 1.0 / controls.size, rtol=1e-12)
+            assert np.sum(block * cost) == pytest.approx(optimum, rel=1e-9)
+
+
+def ot_emd_cost(cost):
+    import ot
+
+    n, m = cost.shape
+    return ot.emd2(np.full(n, 1.0 / n), np.full(m, 1.0 / m), cost, numItermax=10**7)
+
+
+def _held_out_screen(seed=0):
+    adata = _screen({"control": 80, "A": 20, "B": 15, "C": 6}, n_genes=40, seed=seed)
+    rng = np.random.default_rng(seed)
+    held = rng.random(adata.n_obs) < 0.3
+    held[adata.obs[CONDITION].to_numpy() == "C"] = True  # a condition with no training cell at all
+    adata.obs["held_out"] = held
+    return adata
+
+
+@pytest.mark.parametrize("use_rep", [None, "X"])
+def test_held_out_cells_do_not_influence_the_training_pairing(use_rep):
+    adata = _held_out_screen()
+    held = adata.obs["held_out"].to_numpy()
+    pg.pp.ot_pairing(adata, use_rep=use_rep, n_comps=5, test_key="held_out")
+    plan = adata.obsp["ot_pairing"]
+    # held-out cells are neither paired nor partners
+    assert plan[held].nnz == 0
+    assert not held[plan.indices].any()
+    controls, groups = _groups(adata)
+    train_perturbed = np.setdiff1d(np.concatenate(list(groups.values())), np.flatnonzero(held))
+    np.testing.assert_allclose(np.asarray(plan.sum(axis=1)).ravel()[train_perturbed], 1.0, atol=1e-12)
+    costs = adata.uns["ot_pairing"]["costs"]
+    assert list(costs.index) == ["A", "B"]  # C is held out entirely
+    assert costs.loc["A", "n_cells"] == int((~held[groups["A"]]).sum())
+    assert adata.uns["ot_pairing"]["params"]["test_key"] == "held_out"
+
+    # corrupt the held-out cells' counts: the training cells' pairing must not move
+    corrupted = adata.copy()
+    X = corrupted.X.toarray()
+    rng = np.random.default_rng(1)
+    X[held] = rng.poisson(50.0, size=(int(held.sum()), X.shape[1])) * rng.integers(1, 20, size=(int(held.sum()), 1))
+    corrupted.X = sparse.csr_matrix(X)
+    pg.pp.ot_pairing(corrupted, use_rep=use_rep, n_comps=5, test_key="held_out")
+    assert (corrupted.obsp["ot_pairing"] != plan).nnz == 0
+    pd.testing.assert_frame_equal(corrupted.uns["ot_pairing"]["costs"], costs)
+    rep = corrupted.uns["ot_pairing"]["representation"]
+    assert rep["target_sum"] == adata.uns["ot_pairing"]["representation"]["target_sum"]
+    # without test_key the same corruption does change the pairing (the check above can fail)
+    pg.pp.ot_pairing(adata, use_rep=use_rep, n_comps=5, key_added="all")
+    pg.pp.ot_pairing(corrupted, use_rep=use_rep, n_comps=5, key_added="all")
+    assert (corrupted.obsp["all"] != adata.obsp["all"]).nnz > 0
+
+
+def test_held_out_boolean_extension_dtype_and_h5ad(tmp_path):
+    adata = _held_out_screen(seed=2)
+    adata.obs["held_out"] = adata.obs["held_out"].astype("boolean")
+    pg.pp.ot_pairing(adata, use_rep="X_rep", test_key="held_out")
+    held = adata.obs["held_out"].to_numpy(dtype=bool)
+    assert adata.obsp["ot_pairing"][held].nnz == 0
+    adata.write_h5ad(tmp_path / "held.h5ad")
+    back = ad.read_h5ad(tmp_path / "held.h5ad")
+    assert back.uns["ot_pairing"]["params"] == adata.uns["ot_pairing"]["params"]
+    assert abs(back.obsp["ot_pairing"] - adata.obsp["ot_pairing"]).max() == 0
+
+
+def _with_column(values):
+    def make():
+        adata = _screen({"control": 10, "A": 4})
+        adata.obs["held_out"] = values(adata.n_obs)
+        return adata
+
+    return make
+
+
+def _all_controls_held_out():
+    adata = _screen({"control": 10, "A": 4})
+    adata.obs["held_out"] = (adata.obs[CONDITION] == "control").to_numpy()
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs", "error", "match"),
+    [
+        (None, {"solver": "lp"}, ValueError, "solver"),
+        (None, {"test_key": "missing"}, KeyError, "missing"),
+        (None, {"test_key": 1}, TypeError, "test_key"),
+        (_with_column(lambda n: np.arange(n) % 2), {"test_key": "held_out"}, TypeError, "boolean"),
+        (_with_column(lambda n: np.where(np.arange(n) % 2, "yes", "no")), {"test_key": "held_out"}, TypeError, "bool"),
+        (
+            _with_column(lambda n: pd.array([True, None] + [False] * (n - 2), dtype="boolean")),
+            {"test_key": "held_out"},
+            ValueError,
+            "missing",
+        ),
+        (_all_controls_held_out, {"test_key": "held_out"}, ValueError, "No training"),
+    ],
+)
+def test_bad_solver_or_test_key_leaves_adata_untouched(make, kwargs, error, match):
+    adata = make() if make is not None else _screen({"control": 10, "A": 4})
+    snap = _snapshot(adata)
+    with pytest.raises(error, match=match):
+        pg.pp.ot_pairing(adata, use_rep="X_rep", **kwargs)
+    _assert_untouched(adata, snap)
+
+
+def test_progress_bar_follows_settings(capsys):
+    adata = _screen({"control": 30, "A": 8, "B": 11})
+    before = pg.settings.progress_bar
+    try:
+        pg.settings.progress_bar = True
+        pg.pp.ot_pairing(adata, use_rep="X_rep")
+        assert "ot_pairing" in capsys.readouterr().err
+        pg.settings.progress_bar = False
+        pg.pp.ot_pairing(adata, use_rep="X_rep")
+        assert "ot_pairing" not in capsys.readouterr().err
+    finally:
+        pg.settings.progress_bar = before
+
+
+def test_importing_pertgrn_does_not_import_pot():
+    import subprocess
+    import sys
+
+    code = "import sys, pertgrn, pertgrn.pp; print('ot' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_joblib_processes_give_the_same_plan():
+    joblib = pytest.importorskip("joblib")
+    adata = _screen({"control": 120, "A": 8, "B": 11, "C": 5}, dims=4)
+    pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="threads", n_jobs=2)
+    with joblib.parallel_config(backend="multiprocessing"):  # a backend that cannot stream results
+        pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="processes", n_jobs=2)
+    assert (adata.obsp["threads"] != adata.obsp["processes"]).nnz == 0
+
+
+def test_dask_cluster_gives_the_same_plan():
+    pytest.importorskip("dask")
+    distributed = pytest.importorskip("dask.distributed")
+    joblib = pytest.importorskip("joblib")
+    adata = _screen({"control": 300, "A": 30, "B": 25, "C": 40, "D": 12}, dims=5, seed=7)
+    pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="local", n_jobs=2)
+    # in-process workers keep the test fast; the same code runs on worker processes or remote machines
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+        distributed.get_task_stream(client) as tasks,
+        joblib.parallel_config(backend="dask"),
+    ):
+        pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="dask")
+    # the conditions went through the Dask scheduler to its workers
+    solved = [t for t in tasks.data if "_solve_condition" in str(t["key"])]
+    assert solved
+    assert (adata.obsp["local"] != adata.obsp["dask"]).nnz == 0
+    pd.testing.assert_frame_equal(adata.uns["local"]["costs"], adata.uns["dask"]["costs"])

@@ -101,8 +101,9 @@ def test_writes_the_contract_and_survives_h5ad(tiny, tmp_path):
     # get_ate is seeded: a second call gives the same answer, another seed agrees up to Monte Carlo noise
     again = model.get_ate(conditions).astype(np.float32)
     pd.testing.assert_frame_equal(again, ate, check_names=False)
-    other = model.get_ate(conditions[:2], seed=1).to_numpy().ravel()
-    assert np.corrcoef(ate.loc[conditions[:2]].to_numpy().ravel(), other)[0, 1] > 0.9
+    # another seed differs by Monte Carlo noise only
+    other = model.get_ate(conditions[:2], seed=1).to_numpy()
+    assert 0 < np.abs(ate.loc[conditions[:2]].to_numpy() - other).mean() < 0.25  # untrained: theta = 1, wide counts
     table = pg.tl.evaluate(adata, key="gpovae", metrics=["ate_pearson", "n_edges"])
     assert np.isfinite(table.loc["ate_pearson", "value"]) and table.loc["n_edges", "value"] >= 0
 
@@ -192,3 +193,23 @@ def test_quality_on_the_simulator():
     observed = _observed_ate(adata, held_out, perturbations)
     rho = pearsonr(predicted.ravel(), observed.ravel())[0]
     assert rho > 0.4, f"held-out ATE Pearson {rho:.3f}"
+
+
+def test_warns_when_the_grn_stays_at_its_prior(tiny, caplog):
+    import logging
+
+    import torch
+
+    from pertgrn.tl._fit_gpovae import warn_if_near_prior
+
+    adata = tiny.copy()
+    with caplog.at_level(logging.WARNING, logger="pertgrn"):
+        model = pg.tl.fit_gpovae(
+            adata, max_epochs=1, model_kwargs={**SMALL, "preset": "reference", "mask_prior": 0.5}, train_kwargs=QUIET
+        )
+    assert any("has not learned" in r.getMessage() for r in caplog.records)
+    with torch.no_grad():
+        model.module.grn_logits.copy_(
+            torch.linspace(-4, 4, model.module.grn_logits.numel()).reshape_as(model.module.grn_logits)
+        )
+    assert not warn_if_near_prior(model)

@@ -15,19 +15,19 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
-import ot
 import pandas as pd
 from anndata import AnnData
 from joblib import Parallel, delayed
 from scipy import sparse
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from pertgrn._constants import CONDITION_KEY, OT_PAIRING_KEY
+from pertgrn._settings import progress
 from pertgrn._utils import check_counts, get_design, get_matrix, library_size, log_normalize, logger
 
 _METHODS = ("emd", "sinkhorn", "random")
+_SOLVERS = ("sparse", "dense")
 #: ``max_partners`` used for Sinkhorn plans when the caller passes ``None`` (entropic plans are dense).
 SINKHORN_MAX_PARTNERS = 50
 #: Entries of a plan below this fraction of their row's mass are numerical zeros and are dropped.
@@ -35,14 +35,18 @@ _RELATIVE_ZERO = 1e-12
 #: Largest control block (cells × genes) that is densified to fit the PCA with a randomized SVD;
 #: above it the PCA runs ARPACK on the sparse matrix (implicit centring, little memory).
 _DENSE_PCA_MAX_ENTRIES = 100_000_000
-#: Rows per block when log-normalising and projecting all cells onto the control PCs.
+#: Rows per block when log-normalising and projecting all cells onto the control PCs, and the most
+#: entries (rows × genes) of a block densified for the projection.
 _CHUNK = 10_000
+_DENSE_BLOCK_ENTRIES = 10_000_000
 #: Sinkhorn stops when the l2 error of its column marginal falls below this fraction of ``||b||_2``.
 _SINKHORN_RELATIVE_STOP = 1e-4
 
 
-def _target_sum(counts: np.ndarray | sparse.spmatrix) -> float:
+def _target_sum(counts: np.ndarray | sparse.spmatrix, cells: np.ndarray | None = None) -> float:
+    """Median positive library size, over ``cells`` only when given (the training cells)."""
     size = library_size(counts)
+    size = size if cells is None else size[cells]
     positive = size[size > 0]
     return float(np.median(positive)) if positive.size else 1.0
 
@@ -67,9 +71,15 @@ def _validate_params(
     n_jobs: Any,
     seed: Any,
     max_iter: Any,
+    solver: Any,
+    test_key: Any,
 ) -> None:
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {list(_METHODS)}, got {method!r}.")
+    if solver not in _SOLVERS:
+        raise ValueError(f"`solver` must be one of {list(_SOLVERS)}, got {solver!r}.")
+    if test_key is not None and not isinstance(test_key, str):
+        raise TypeError(f"`test_key` must be None or the name of a boolean column of adata.obs, got {test_key!r}.")
     if use_rep is not None and not isinstance(use_rep, str):
         raise TypeError(f"`use_rep` must be None, 'X' or a key of adata.obsm, got {type(use_rep).__name__}.")
     _check_int(n_comps, "n_comps", minimum=1)
@@ -86,8 +96,24 @@ def _validate_params(
     _check_int(max_iter, "max_iter", minimum=1, allow_none=True)
 
 
-def _conditions(adata: AnnData) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
-    """Indices of the control cells and, per non-empty condition, the indices of its cells."""
+def _held_out(adata: AnnData, test_key: str | None) -> np.ndarray:
+    """Boolean mask of the held-out cells (``obs[test_key] == True``); none when ``test_key`` is None."""
+    if test_key is None:
+        return np.zeros(adata.n_obs, dtype=bool)
+    if test_key not in adata.obs.columns:
+        raise KeyError(f"`test_key`={test_key!r} is not a column of adata.obs (available: {list(adata.obs.columns)}).")
+    column = adata.obs[test_key]
+    if isinstance(column.dtype, pd.BooleanDtype):
+        if column.isna().any():
+            raise ValueError(f"adata.obs[{test_key!r}] has missing values; mark every cell True (held out) or False.")
+        return column.to_numpy(dtype=bool)
+    if column.dtype != bool:
+        raise TypeError(f"adata.obs[{test_key!r}] must be boolean (True = held-out cell), found dtype {column.dtype}.")
+    return column.to_numpy()
+
+
+def _conditions(adata: AnnData, held_out: np.ndarray) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+    """Indices of the training control cells and, per condition with training cells, their indices."""
     design = get_design(adata)
     if CONDITION_KEY not in adata.obs.columns:
         raise KeyError(
@@ -101,24 +127,34 @@ def _conditions(adata: AnnData) -> tuple[np.ndarray, list[tuple[str, np.ndarray]
         )
     control = design["control"]
     categories = list(condition.categories)
-    codes = condition.codes
+    codes = np.where(held_out, -1, condition.codes)
     order = np.argsort(codes, kind="stable")
+    order = order[codes[order] >= 0]
     bounds = np.searchsorted(codes[order], np.arange(len(categories) + 1))
     groups = {cat: order[bounds[k] : bounds[k + 1]] for k, cat in enumerate(categories)}
     controls = groups.pop(control, np.empty(0, dtype=np.int64))
+    training = " training (not held-out)" if held_out.any() else ""
     if controls.size == 0:
-        raise ValueError(f"No control cells: no cell of adata.obs[{CONDITION_KEY!r}] is {control!r}.")
+        raise ValueError(f"No{training} control cells: no such cell of adata.obs[{CONDITION_KEY!r}] is {control!r}.")
     perturbed = [(str(cat), idx) for cat, idx in groups.items() if idx.size > 0]
     if not perturbed:
-        raise ValueError(f"No perturbed cells: every cell of adata.obs[{CONDITION_KEY!r}] is a control.")
+        raise ValueError(f"No{training} perturbed cells: every such cell of adata.obs[{CONDITION_KEY!r}] is a control.")
     return controls, perturbed
 
 
 def _control_pca(
-    counts: np.ndarray | sparse.spmatrix, controls: np.ndarray, n_comps: int, seed: int
+    counts: np.ndarray | sparse.spmatrix,
+    controls: np.ndarray,
+    n_comps: int,
+    seed: int,
+    train: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """PCA of log-normalised expression fitted on the control cells and applied to every cell."""
-    target_sum = _target_sum(counts)
+    """PCA of log-normalised expression fitted on the control cells and applied to every cell.
+
+    The normalisation's target sum is the median library size of the ``train`` cells (all cells
+    when ``None``), so that held-out cells influence nothing.
+    """
+    target_sum = _target_sum(counts, train)
     n_genes = counts.shape[1]
     n_eff = min(n_comps, controls.size - 1, n_genes - 1)
     if n_eff < 1:
@@ -142,9 +178,12 @@ def _control_pca(
     components = np.ascontiguousarray(pca.components_.T, dtype=np.float32)
     offset = (pca.mean_.astype(np.float64) @ components.astype(np.float64))[None, :]
     Z = np.empty((counts.shape[0], n_eff), dtype=np.float64)
-    for start in range(0, counts.shape[0], _CHUNK):
-        block = log_normalize(counts[start : start + _CHUNK], target_sum=target_sum)
-        Z[start : start + _CHUNK] = np.asarray(block @ components, dtype=np.float64) - offset
+    # sparse blocks are densified a few thousand rows at a time: a dense product is ~1.5x faster
+    rows = max(1, min(_CHUNK, _DENSE_BLOCK_ENTRIES // n_genes))
+    for start in range(0, counts.shape[0], rows):
+        block = log_normalize(counts[start : start + rows], target_sum=target_sum)
+        block = block.toarray() if sparse.issparse(block) else block
+        Z[start : start + rows] = np.asarray(block @ components, dtype=np.float64) - offset
     info = {
         "use_rep": "pca_controls",
         "n_comps": int(n_eff),
@@ -156,14 +195,24 @@ def _control_pca(
 
 
 def _representation(
-    adata: AnnData, use_rep: str | None, n_comps: int, layer: str | None, controls: np.ndarray, seed: int
+    adata: AnnData,
+    use_rep: str | None,
+    n_comps: int,
+    layer: str | None,
+    controls: np.ndarray,
+    seed: int,
+    train: np.ndarray | None = None,
 ) -> tuple[np.ndarray | sparse.csr_matrix, dict[str, Any]]:
-    """Cells × dims coordinates in which the squared Euclidean cost is measured (float64)."""
+    """Cells × dims coordinates in which the squared Euclidean cost is measured (float64).
+
+    Whatever is fitted (the PCA, the normalisation's target sum) sees the ``train`` cells only
+    (all cells when ``None``); rows of other cells are computed but never used.
+    """
     if use_rep is None:
-        return _control_pca(check_counts(adata, layer), controls, n_comps, seed)
+        return _control_pca(check_counts(adata, layer), controls, n_comps, seed, train)
     if use_rep == "X":
         counts = check_counts(adata, layer)
-        target_sum = _target_sum(counts)
+        target_sum = _target_sum(counts, train)
         Z = log_normalize(counts, target_sum=target_sum, dtype=np.float64)
         info = {"use_rep": "X", "n_comps": 0, "n_dims": int(Z.shape[1]), "target_sum": target_sum}
         return Z, info
@@ -180,7 +229,7 @@ def _representation(
     if not np.issubdtype(rep.dtype, np.number):
         raise TypeError(f"adata.obsm[{use_rep!r}] must be numeric, found dtype {rep.dtype}.")
     Z = np.asarray(rep, dtype=np.float64)
-    if not np.isfinite(Z).all():
+    if not np.isfinite(Z if train is None else Z[train]).all():
         raise ValueError(f"adata.obsm[{use_rep!r}] contains NaN or infinite values.")
     return Z, {"use_rep": use_rep, "n_comps": 0, "n_dims": int(Z.shape[1]), "target_sum": 0.0}
 
@@ -216,6 +265,36 @@ def _random_coupling(n: int, m: int, rng: np.random.Generator):
     return rows, cols, length.astype(np.float64) / (n * m)
 
 
+def _cost_matrix(Zp: np.ndarray, Zc: np.ndarray, control_sq: np.ndarray) -> np.ndarray:
+    """Controls × cells squared Euclidean costs (float64): one matmul, ``|y|² + |x|² - 2 y·x`` clipped at 0."""
+    from pertgrn.pp._emd_sparse import finish_costs
+
+    C = Zc @ Zp.T
+    finish_costs(C, control_sq, np.einsum("ij,ij->i", Zp, Zp))
+    return C
+
+
+def _exact_plan(
+    C: np.ndarray, Zp: np.ndarray, Zc: np.ndarray, *, name: str, solver: str, num_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Optimal plan ``(cell, control, mass)`` of one condition (total mass 1) and the solver's statistics."""
+    from pertgrn.pp import _emd_sparse
+
+    n, m = C.shape[1], C.shape[0]
+    try:
+        if solver == "dense":
+            ctrl, cell, mass = _emd_sparse.dense_transport(C, num_iter)
+            stats: dict[str, Any] = {"rounds": 0, "fallback": False}
+        else:
+            ctrl, cell, mass, stats = _emd_sparse.certified_transport(C, num_iter=num_iter, cells=Zp, controls=Zc)
+    except _emd_sparse.NotConvergedError as err:
+        raise RuntimeError(
+            f"Exact optimal transport for condition {name!r} ({n} cells × {m} controls) did not converge: {err}. "
+            f"Pass a larger `max_iter` (was {num_iter})."
+        ) from None
+    return cell, ctrl, mass, stats
+
+
 def _solve_condition(
     Zp: np.ndarray,
     Zc: np.ndarray,
@@ -223,36 +302,28 @@ def _solve_condition(
     *,
     name: str,
     method: str,
+    solver: str,
     reg: float,
     max_partners: int | None,
     max_iter: int | None,
     seed: np.random.SeedSequence,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Row-normalised plan (local row, local column, weight) and its mean squared distance."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict[str, Any]]:
+    """Row-normalised plan (local row, local column, weight), its mean squared distance, solver statistics.
+
+    A plain function of arrays, so that any joblib backend (threads, processes, Dask) can run it.
+    """
     n, m = Zp.shape[0], Zc.shape[0]
-    # squared Euclidean cost with one float64 matmul: |x|² + |y|² - 2 x·y, clipped at 0 for rounding
-    M = Zp @ Zc.T
-    M *= -2.0
-    M += np.einsum("ij,ij->i", Zp, Zp)[:, None]
-    M += control_sq[None, :]
-    np.maximum(M, 0.0, out=M)
-    a = np.full(n, 1.0 / n)
-    b = np.full(m, 1.0 / m)
+    C = _cost_matrix(Zp, Zc, control_sq)  # m x n: a control's costs are contiguous, as the sparse solver scans them
+    stats: dict[str, Any] = {}
     if method == "emd":
         num_iter = max_iter if max_iter is not None else max(100_000, 100 * (n + m))
-        # solved as controls -> perturbed cells: the same optimum, ~17 % less CPU in POT's network simplex
-        # at Norman's shape (8,907 controls x ~350 cells), measured over 12 conditions
-        G, log = ot.emd(b, a, np.ascontiguousarray(M.T), numItermax=num_iter, log=True)
-        G = G.T
-        if log["result_code"] != 1:
-            raise RuntimeError(
-                f"Exact optimal transport for condition {name!r} ({n} cells × {m} controls) did not converge: "
-                f"{log['warning']} Pass a larger `max_iter` (was {num_iter})."
-            )
-        rows, cols = np.nonzero(G > _RELATIVE_ZERO / n)
-        vals = G[rows, cols]
-        rows, cols, vals = _top_k(rows, cols, vals, max_partners)
+        rows, cols, vals, stats = _exact_plan(C, Zp, Zc, name=name, solver=solver, num_iter=num_iter)
+        keep = vals > _RELATIVE_ZERO / n
+        rows, cols, vals = _top_k(rows[keep], cols[keep], vals[keep], max_partners)
     elif method == "sinkhorn":
+        import ot
+
+        M = np.ascontiguousarray(C.T)
         scale = float(np.median(M))
         scale = scale if scale > 0 else float(M.mean()) or 1.0
         # subtracting row then column minima changes no plan with fixed marginals, and leaves a zero
@@ -260,6 +331,8 @@ def _solve_condition(
         shifted = M - M.min(axis=1, keepdims=True)
         shifted -= shifted.min(axis=0, keepdims=True)
         shifted /= scale
+        a = np.full(n, 1.0 / n)
+        b = np.full(m, 1.0 / m)
         num_iter = max_iter if max_iter is not None else 10_000
         stop = _SINKHORN_RELATIVE_STOP / math.sqrt(m)
         G, log = ot.sinkhorn(
@@ -301,8 +374,16 @@ def _solve_condition(
     if (row_sum <= 0).any():
         raise RuntimeError(f"The transport plan of condition {name!r} left some cells without a partner.")
     weights = vals / row_sum[rows]
-    cost = float(np.sum(weights * M[rows, cols]) / n)
-    return rows, cols, weights, cost
+    cost = float(np.sum(weights * C[cols, rows]) / n)
+    return rows, cols, weights, cost, stats
+
+
+def _parallel(n_jobs: int) -> Parallel:
+    """A ``joblib.Parallel``: threads unless ``joblib.parallel_config`` says otherwise; streaming when it can."""
+    try:
+        return Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")
+    except ValueError:  # a backend that cannot stream results (e.g. "multiprocessing")
+        return Parallel(n_jobs=n_jobs, prefer="threads")
 
 
 def ot_pairing(
@@ -318,6 +399,8 @@ def ot_pairing(
     n_jobs: int = 1,
     seed: int = 0,
     max_iter: int | None = None,
+    solver: Literal["sparse", "dense"] = "sparse",
+    test_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Pair each perturbed cell with control cells by optimal transport, condition by condition.
@@ -333,13 +416,17 @@ def ot_pairing(
     fitted on the control cells only and applied to all cells, so that the axes describe the
     variation of unperturbed cells and a perturbation's effect cannot hide itself in them.
 
+    With ``test_key``, held-out cells take no part: they are neither paired nor partners, and the
+    PCA and normalisation are fitted without them, so the training cells' pairing does not depend
+    on them at all.
+
     Parameters
     ----------
     adata
         Annotated screen with raw counts in ``X`` or ``layer`` (unless ``use_rep`` names an
         ``obsm`` representation), annotated by :func:`pertgrn.pp.annotate_perturbations`.
     method
-        ``"emd"``: exact optimal transport (network simplex, :func:`ot.emd`). Its plan has at most
+        ``"emd"``: exact optimal transport (network simplex, see ``solver``). Its plan has at most
         ``n + m - 1`` nonzero entries for ``n`` perturbed and ``m`` control cells.
         ``"sinkhorn"``: entropic optimal transport (:func:`ot.sinkhorn`, stabilised), a smoother,
         dense plan of which each row keeps its ``max_partners`` largest entries.
@@ -374,16 +461,35 @@ def ot_pairing(
     layer
         Layer holding raw counts, used when ``use_rep`` is ``None`` or ``"X"``; ``None`` uses ``X``.
     n_jobs
-        Number of conditions solved at the same time, in threads (POT's solvers release the GIL);
-        ``-1`` uses all cores.
+        Number of conditions solved at the same time (conditions are the only parallel axis; BLAS
+        is then limited to one thread per worker), through :mod:`joblib`: in threads by default
+        (the solvers release the GIL), or with whatever backend :func:`joblib.parallel_config`
+        sets, e.g. ``with joblib.parallel_config(backend="dask"):`` spreads the conditions over
+        a Dask cluster (``pip install pertgrn[distributed]``; Dask then decides the number of
+        workers). ``-1`` uses all cores.
     seed
         Seed of the randomized PCA and of the ``"random"`` coupling (each condition draws from its
         own stream spawned from ``seed``, so results do not depend on ``n_jobs``).
     max_iter
         Iteration limit of the solver. ``None``: ``max(100_000, 100 (n + m))`` network-simplex
-        pivots for ``"emd"`` (which raises a :class:`RuntimeError` if it is reached before
+        pivots per solve for ``"emd"`` (which raises a :class:`RuntimeError` if it is reached before
         optimality) and 10,000 Sinkhorn iterations (a warning is logged if the marginals have not
         converged).
+    solver
+        Exact solver of ``method="emd"`` (ignored otherwise); both give an optimal plan.
+        ``"sparse"`` (default): approximate dual prices from an auction choose a few candidate
+        arcs per control cell, POT's network simplex solves the sparse problem, and a check of
+        all ``n m`` reduced costs proves the plan optimal for the full problem (relative gap at
+        most ``1e-10``) or adds the arcs it is missing and solves again (after 30 rounds, a
+        logged warning and the dense solver). At Norman 2019's scale (8,907 controls, ~350
+        cells per condition) it takes 5–8 times less CPU than ``"dense"`` and a quarter of its
+        memory; tiny conditions (under ~20,000 cell pairs) gain nothing. ``"dense"``:
+        :func:`ot.emd` on the full ``m × n`` cost matrix. Optimal plans need not be unique (ties,
+        duplicated cells); the two solvers then may return different plans of the same cost.
+    test_key
+        Boolean column of ``adata.obs`` marking held-out cells (``True``): they are neither paired
+        nor used as partners (their rows and columns of the plan are empty), and the PCA and the
+        normalisation's target sum are fitted on the other cells. ``None``: every cell takes part.
     copy
         Return a copy of ``adata`` with the pairing instead of writing into ``adata``.
 
@@ -394,23 +500,26 @@ def ot_pairing(
     ``obsp[key_added]``
         :class:`scipy.sparse.csr_matrix` of shape ``n_obs × n_obs``. Row ``i`` of a perturbed cell
         holds its control partners' weights, summing to 1; columns are control cells only; rows of
-        control cells are empty.
+        control cells, and rows and columns of held-out cells, are empty.
     ``uns[key_added]``
-        ``params`` (the arguments, with ``use_rep="pca_controls"`` for the default PCA, ``layer="X"``
-        and ``max_partners=0`` meaning "all"), ``representation`` (``use_rep``, ``n_comps``, ``n_dims``,
-        ``target_sum`` of the normalisation, 0 when counts were not used, and the PCA's
-        ``explained_variance_ratio``), ``costs`` (a :class:`~pandas.DataFrame` indexed by condition
-        with ``n_cells`` and ``cost``: the mean over the condition's cells of the pairing-weighted
-        squared Euclidean distance to their partners, which for ``"emd"`` is the optimal transport
-        cost) and ``keys`` (``{"obsp": key_added}``).
+        ``params`` (the arguments, with ``use_rep="pca_controls"`` for the default PCA, ``layer="X"``,
+        ``max_partners=0`` meaning "all" and ``test_key=""`` meaning none), ``representation``
+        (``use_rep``, ``n_comps``, ``n_dims``, ``target_sum`` of the normalisation, 0 when counts
+        were not used, and the PCA's ``explained_variance_ratio``), ``costs`` (a
+        :class:`~pandas.DataFrame` indexed by condition with ``n_cells``, its training cells, and
+        ``cost``: the mean over the condition's cells of the pairing-weighted squared Euclidean
+        distance to their partners, which for ``"emd"`` is the optimal transport cost) and ``keys``
+        (``{"obsp": key_added}``).
 
     Raises
     ------
     KeyError
-        If ``adata`` is not annotated, or ``use_rep`` / ``layer`` does not exist.
+        If ``adata`` is not annotated, or ``use_rep`` / ``layer`` / ``test_key`` does not exist.
+    TypeError
+        If ``obs[test_key]`` is not boolean, or a parameter has the wrong type.
     ValueError
-        On an unknown method, invalid parameters, no control or no perturbed cells, counts that are
-        not raw integers, or a representation with the wrong shape or non-finite values.
+        On an unknown method or solver, invalid parameters, no (training) control or perturbed cells,
+        counts that are not raw integers, or a representation with the wrong shape or non-finite values.
     RuntimeError
         If the exact solver stops before optimality. ``adata`` is left untouched on any error.
 
@@ -425,57 +534,65 @@ def ot_pairing(
     >>> bool(abs(plan[perturbed].sum(axis=1) - 1).max() < 1e-9)
     True
     """
-    _validate_params(method, use_rep, n_comps, reg, max_partners, key_added, layer, n_jobs, seed, max_iter)
+    _validate_params(
+        method, use_rep, n_comps, reg, max_partners, key_added, layer, n_jobs, seed, max_iter, solver, test_key
+    )
     if not isinstance(copy, bool):
         raise TypeError(f"`copy` must be a bool, got {copy!r}.")
     if layer is not None:
         get_matrix(adata, layer)  # KeyError naming the available layers
-    controls, perturbed = _conditions(adata)
+    held_out = _held_out(adata, test_key)
+    controls, perturbed = _conditions(adata, held_out)
 
-    Z, rep_info = _representation(adata, use_rep, n_comps, layer, controls, seed)
+    train = np.flatnonzero(~held_out) if held_out.any() else None
+    Z, rep_info = _representation(adata, use_rep, n_comps, layer, controls, seed, train)
     Zc = _dense_rows(Z, controls)
     control_sq = np.einsum("ij,ij->i", Zc, Zc)
     streams = np.random.SeedSequence(seed).spawn(len(perturbed))
-
-    def job(k: int):
-        name, idx = perturbed[k]
-        return _solve_condition(
+    tasks = (
+        delayed(_solve_condition)(
             _dense_rows(Z, idx),
             Zc,
             control_sq,
             name=name,
             method=method,
+            solver=solver,
             reg=float(reg),
             max_partners=max_partners,
             max_iter=max_iter,
-            seed=streams[k],
+            seed=stream,
         )
+        for (name, idx), stream in zip(perturbed, streams, strict=True)
+    )
 
     logger.info(
-        "ot_pairing: %s plans for %d conditions against %d control cells in %s (%d dims)",
-        method,
+        "ot_pairing: %s plans for %d conditions against %d control cells in %s (%d dims)%s",
+        method if method != "emd" else f"emd ({solver} solver)",
         len(perturbed),
         controls.size,
         rep_info["use_rep"],
         rep_info["n_dims"],
+        f"; {int(held_out.sum())} held-out cells left out" if held_out.any() else "",
     )
-    progress = tqdm(total=len(perturbed), desc="ot_pairing", unit="condition", disable=logger.getEffectiveLevel() > 20)
-    results = []
-    with threadpool_limits(limits=1 if n_jobs != 1 else None, user_api="blas"), progress:
-        for res in Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(
-            delayed(job)(k) for k in range(len(perturbed))
-        ):
-            results.append(res)
-            progress.update(1)
+    # BLAS (the cost matrices' products) gets one thread per worker: conditions are the parallel axis
+    with threadpool_limits(limits=1 if n_jobs != 1 else None, user_api="blas"):
+        results = list(progress(_parallel(n_jobs)(tasks), total=len(perturbed), desc="ot_pairing", unit="condition"))
 
     all_rows, all_cols, all_vals, names, n_cells, costs = [], [], [], [], [], []
-    for (name, idx), (rows, cols, weights, cost) in zip(perturbed, results, strict=True):
+    rounds, fallbacks = 0, 0
+    for (name, idx), (rows, cols, weights, cost, stats) in zip(perturbed, results, strict=True):
         all_rows.append(idx[rows])
         all_cols.append(controls[cols])
         all_vals.append(weights)
         names.append(name)
         n_cells.append(idx.size)
         costs.append(cost)
+        rounds = max(rounds, stats.get("rounds", 0))
+        fallbacks += bool(stats.get("fallback", False))
+    if method == "emd" and solver == "sparse":
+        logger.info(
+            "ot_pairing: every plan certified optimal (at most %d rounds; %d dense fallbacks)", rounds, fallbacks
+        )
     plan = sparse.csr_matrix(
         (np.concatenate(all_vals), (np.concatenate(all_rows), np.concatenate(all_cols))),
         shape=(adata.n_obs, adata.n_obs),
@@ -495,6 +612,8 @@ def ot_pairing(
         "layer": layer if layer is not None else "X",
         "seed": int(seed),
         "max_iter": int(max_iter) if max_iter is not None else 0,
+        "solver": solver,
+        "test_key": test_key if test_key is not None else "",
     }
     uns_entry: Mapping[str, Any] = {
         "params": params,

@@ -117,7 +117,7 @@ def fit_gpovae(
             "model_kwargs={'gpo_loss': 'sparsity'} (or 'none')."
         )
     setup = {"layer": layer, "qc_key": qc_key, "pairing_key": pairing_key, "extended_key": extended_key}
-    return fit_model(
+    model = fit_model(
         GPOVAE,
         adata,
         key_added=key_added,
@@ -128,3 +128,32 @@ def fit_gpovae(
         max_epochs=max_epochs,
         random_state=random_state,
     )
+    warn_if_near_prior(model)
+    return model
+
+
+def warn_if_near_prior(model: GPOVAE, *, band: float = 0.05, fraction: float = 0.5) -> bool:
+    """Log a warning when most edge probabilities of the targets' rows are still near the mask prior.
+
+    Returns whether it warned. A GRN whose probabilities have not moved from the prior says nothing
+    about regulation: the model needs more optimisation steps or a larger learning rate for its
+    GRN parameters.
+    """
+    import numpy as np
+
+    from pertgrn._utils import logger
+
+    probabilities = model.get_grn().to_numpy()[: model.n_targets]
+    off_diagonal = ~np.eye(len(model.nodes), dtype=bool)[: model.n_targets]
+    near = float((np.abs(probabilities[off_diagonal] - model.module.mask_prior) <= band).mean())
+    if near > fraction:
+        logger.warning(
+            "GPOVAE: %.0f%% of the targets' edge probabilities are still within ±%.2f of the prior %.2f; the GRN "
+            "has not learned. Train longer (max_epochs=...) or raise the GRN's learning rate "
+            "(train_kwargs={'plan_kwargs': {'grn_lr': ...}}); with preset='reference' expect this on a CPU.",
+            100 * near,
+            band,
+            model.module.mask_prior,
+        )
+        return True
+    return False

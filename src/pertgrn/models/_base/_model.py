@@ -275,9 +275,24 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
     # ------------------------------------------------------------------------------------------
     # what a model implements
     # ------------------------------------------------------------------------------------------
-    def _basal_states(self, adata: AnnData | None, n_cells: int) -> torch.Tensor:
-        """``n_cells`` basal states to decode designs from (prior draws, or encoded control cells of ``adata``)."""
+    def _basal_states(
+        self, adata: AnnData | None, n_cells: int
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """``n_cells`` basal states to decode designs from (prior draws, or encoded control cells of ``adata``).
+
+        A model may return ``(states, library_sizes)``: the library sizes of the cells the states
+        come from, which :meth:`_log_expression` can use to put predictions in observed units.
+        """
         raise NotImplementedError  # pragma: no cover - every model implements it
+
+    def _log_expression(self, rho: torch.Tensor, library: torch.Tensor | None) -> torch.Tensor:
+        """``log2(1 + 10^4 · x / Σx)`` of the predicted cells, the unit of :func:`pertgrn.get.ate_df`.
+
+        The default takes the expected normalised expression ``x = ρ``. A count model overrides it
+        to average over counts drawn at the basal cells' library sizes, since the observed effect is
+        a mean of logs of counts, not the log of their mean.
+        """
+        return torch.log2(1.0 + ATE_TARGET_SUM * rho)
 
     def _decode(self, design: torch.Tensor, basal: torch.Tensor) -> torch.Tensor:
         """Expected normalised expression (rows sum to one over genes) of each design row from each basal state."""
@@ -412,6 +427,7 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         expression = np.empty((len(labels) * n_cells, n_genes), dtype=np.float32)
         with self._seeded(seed), torch.inference_mode():
             basal = self._basal_states(adata, int(n_cells))
+            basal = basal[0] if isinstance(basal, tuple) else basal
             for flat, rho in self._decoded_chunks(design, basal, int(batch_size)):
                 mean = float(library_size) * rho
                 if sample:
@@ -429,15 +445,16 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         perturbations: Sequence[str] | str,
         *,
         adata: AnnData | None = None,
-        n_cells: int = 500,
+        n_cells: int = 2000,
         batch_size: int = 1024,
         seed: int | None = 0,
     ) -> pd.DataFrame:
         """Predicted average treatment effects against control, in the units of :func:`pertgrn.get.ate_df`.
 
-        The effect of ``p`` on gene ``g`` is the mean over generated cells of
-        ``log2(1 + 10^4 ρ_g)`` under ``p`` minus the same under control, with ``ρ`` the expected
-        normalised expression; every perturbation shares the same basal states.
+        The effect of ``p`` on gene ``g`` is the mean over generated cells of ``log2(1 + CP10k)``
+        under ``p`` minus the same under control (:meth:`_log_expression`: of the expected normalised
+        expression, or, for count models, of counts drawn at the basal cells' library sizes); every
+        perturbation shares the same basal states and draws.
 
         Parameters
         ----------
@@ -461,12 +478,17 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         design = np.vstack([design, np.zeros((1, design.shape[1]), dtype=design.dtype)])
         sums = torch.zeros(design.shape[0], self.adata.n_vars, dtype=torch.float64)
         with self._seeded(seed), torch.inference_mode():
-            basal = self._basal_states(adata, int(n_cells))
+            basal, library = self._basal_states(adata, int(n_cells)), None
+            if isinstance(basal, tuple):
+                basal, library = basal
             for flat, rho in self._decoded_chunks(design, basal, int(batch_size)):
-                normalised = torch.log2(1.0 + ATE_TARGET_SUM * rho).double().cpu()
+                cells = torch.as_tensor(flat % n_cells, device=rho.device)
+                sizes = None if library is None else library[cells]
+                normalised = self._log_expression(rho, sizes).double().cpu()
                 sums.index_add_(0, torch.as_tensor(flat // n_cells), normalised)
         means = (sums / n_cells).numpy()
         ate = means[:-1] - means[-1]
+        ate[~design[:-1].any(axis=1)] = 0.0  # control against control, whatever the Monte Carlo draws
         table = pd.DataFrame(ate, index=pd.Index(labels), columns=pd.Index(self.adata.var_names.astype(str)))
         table.index.name = "perturbation"
         return table
