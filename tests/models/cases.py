@@ -54,6 +54,12 @@ def _gpovae():
     return GPOVAE
 
 
+def _raptorgraph():
+    from pertgrn.models import RaptorGraph
+
+    return RaptorGraph
+
+
 CASES = [
     ModelCase(
         name="GPOVAE",
@@ -70,5 +76,15 @@ CASES = [
             "embedding_n_layers": 2,
         },
         train_kwargs={"enable_progress_bar": False, "batch_size": 64, "n_particles": 1, "early_stopping": False},
+    ),
+    ModelCase(
+        name="RaptorGraph",
+        model_cls=_raptorgraph,
+        fit=pg.tl.fit_raptorgraph,
+        key="raptorgraph",
+        n_latent=8,  # 4 targets + 4 free latents
+        level="latent",
+        model_kwargs={"decoder_n_hidden": 32, "n_subgraphs": 3},
+        train_kwargs={"enable_progress_bar": False, "batch_size": 64},
     ),
 ]

@@ -105,7 +105,11 @@ def test_grn_export_at_its_level_and_write_back(case, fitted, tmp_path):
     model, adata = fitted(case)
     record = adata.uns[case.key]
     assert record["level"] == case.level == model.grn_level
-    assert record["keys"] == {"obsm": f"X_{case.key}", "varp": f"{case.key}_grn"}
+    keys = {"obsm": f"X_{case.key}", "varp": f"{case.key}_grn"}
+    if model.has_loadings:  # gene loadings of the latents, genes × latents
+        keys["varm"] = f"{case.key}_loadings"
+        assert adata.varm[keys["varm"]].shape == (adata.n_vars, case.n_latent)
+    assert record["keys"] == keys
     grn = adata.varp[f"{case.key}_grn"]
     assert sparse.issparse(grn) and grn.shape == (adata.n_vars, adata.n_vars)
     assert grn.nnz < adata.n_vars**2  # only edges that pass the record's rule
@@ -127,6 +131,8 @@ def test_grn_export_at_its_level_and_write_back(case, fitted, tmp_path):
     adata.write_h5ad(tmp_path / "fit.h5ad")
     back = read_h5ad(tmp_path / "fit.h5ad")
     np.testing.assert_array_equal(back.obsm[f"X_{case.key}"], adata.obsm[f"X_{case.key}"])
+    if "varm" in keys:
+        np.testing.assert_array_equal(back.varm[keys["varm"]], adata.varm[keys["varm"]])
     assert (back.varp[f"{case.key}_grn"] != grn).nnz == 0
     pd.testing.assert_frame_equal(pg.get.grn_df(back, key=case.key), edges)
     pd.testing.assert_frame_equal(back.uns[case.key]["ate"], record["ate"], check_dtype=False)

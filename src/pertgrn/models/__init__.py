@@ -1,5 +1,6 @@
 """scvi-tools models: GPO-VAE, RAPTORGraph and gCRL."""
 
 from pertgrn.models._gpovae import GPOVAE
+from pertgrn.models._raptorgraph import RaptorGraph
 
-__all__ = ["GPOVAE"]
+__all__ = ["GPOVAE", "RaptorGraph"]

@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 
 def result_keys(key_added: str) -> dict[str, str]:
     """Every AnnData key a ``tl.fit_*`` writes, derived from ``key_added``."""
-    return {"obsm": f"X_{key_added}", "varp": grn_varp_key(key_added), "uns": key_added}
+    return {
+        "obsm": f"X_{key_added}",
+        "varp": grn_varp_key(key_added),
+        "varm": f"{key_added}_loadings",
+        "uns": key_added,
+    }
 
 
 def h5ad_safe(value: Any) -> Any:
@@ -151,7 +156,7 @@ def fit_model(
 def predicted_condition_effects(model: PerturbationModel, adata: AnnData) -> pd.DataFrame:
     """Predicted effects of every observed condition the model can decode (others are logged and skipped)."""
     control = model.design.control
-    known = set(model.design_columns)
+    known = set(model.predictable_targets)
     conditions, skipped = [], []
     for condition in adata.obs[CONDITION_KEY].cat.categories:
         if condition == control:
@@ -171,15 +176,20 @@ def write_results(model: PerturbationModel, adata: AnnData, *, key_added: str, p
 
     ``obsm["X_<key_added>"]``
         ``n_obs × n_latent`` float32 latent of every cell (:meth:`get_latent_representation`).
+    ``varm["<key_added>_loadings"]``
+        ``n_vars × n_latent`` float32 gene loadings of the latents, for models that have them
+        (:meth:`~pertgrn.models._base.PerturbationModel.get_loadings` returns a table).
     ``varp["<key_added>_grn"]`` and ``uns[key_added]``
         The GRN record (see :mod:`pertgrn._grn_store`), plus ``history`` (per-epoch loss terms),
         ``ate`` (predicted effects of every observed condition the model can decode), ``params``
-        (model, training and set-up arguments, ``test_key``, ``random_state``, ``n_epochs_trained``)
-        and ``keys`` (pointers to the slots written).
+        (model, training and set-up arguments, ``test_key``, ``random_state``, ``n_epochs_trained``),
+        ``keys`` (pointers to the slots written) and what the model adds (``_uns_extra``).
     """
     keys = result_keys(key_added)
     latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
     record = model._grn_record()
+    loadings = model.get_loadings() if model.has_loadings else None
+    uns_extra = model._uns_extra()
     history = model.history_summary()
     ate = predicted_condition_effects(model, adata)
     params = {
@@ -187,18 +197,24 @@ def write_results(model: PerturbationModel, adata: AnnData, *, key_added: str, p
         "n_epochs_trained": int(history["train_loss"].notna().sum()) if "train_loss" in history else 0,
         "model_class": type(model).__name__,
     }
+    written = {"obsm": keys["obsm"], "varp": keys["varp"]}
+    if loadings is not None:
+        loadings = loadings.reindex(adata.var_names.astype(str)).to_numpy(dtype=np.float32)
+        written["varm"] = keys["varm"]
     adata.obsm[keys["obsm"]] = latent
+    if loadings is not None:
+        adata.varm[keys["varm"]] = loadings
     write_grn(
         adata,
         key=key_added,
         grn=record,
         params=h5ad_safe({k: v for k, v in params.items() if v is not None}),
-        extra={"keys": {"obsm": keys["obsm"], "varp": keys["varp"]}, "history": history, "ate": ate},
+        extra={**uns_extra, "keys": written, "history": history, "ate": ate},
     )
     logger.info(
         "%s: %s-level GRN with %d stored edges; wrote %s",
         type(model).__name__,
         record.level,
         int(adata.varp[keys["varp"]].nnz),
-        ", ".join(f"{slot}[{key!r}]" for slot, key in keys.items()),
+        ", ".join(f"{slot}[{key!r}]" for slot, key in {**written, "uns": keys["uns"]}.items()),
     )

@@ -109,6 +109,11 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         """Gene columns of the partners' counts the module needs (``None``: all genes)."""
         return None
 
+    @property
+    def predictable_targets(self) -> list[str]:
+        """Targets whose effect the model learned and can predict (alone or combined); default: every design column."""
+        return list(self.design_columns)
+
     # ------------------------------------------------------------------------------------------
     # training
     # ------------------------------------------------------------------------------------------
@@ -300,6 +305,17 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _grn_record(self) -> NodeGRN | LatentGRN:
         """The model's GRN: a :class:`~pertgrn._grn_store.NodeGRN` or :class:`~pertgrn._grn_store.LatentGRN`."""
         raise NotImplementedError  # pragma: no cover - every model implements it
+
+    #: whether :meth:`get_loadings` gives gene loadings of the latents (written to ``varm`` by ``tl.fit_*``)
+    has_loadings: ClassVar[bool] = False
+
+    def get_loadings(self) -> pd.DataFrame:
+        """Gene loadings of the latent factors, genes × latents (models with ``has_loadings``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no gene loadings of its latents.")
+
+    def _uns_extra(self) -> dict[str, Any]:
+        """Further small, h5ad-writable entries of ``uns[key_added]`` that ``tl.fit_*`` writes (default: none)."""
+        return {}
 
     # ------------------------------------------------------------------------------------------
     # prediction
