@@ -31,6 +31,7 @@ FIT_ARGUMENTS = (
     "layer",
     "qc_key",
     "pairing_key",
+    "pairing",
     "extended_key",
     "max_epochs",
     "model_kwargs",

@@ -33,6 +33,7 @@ class ModelEntry:
 #: name → fit function of ``pertgrn.tl``, model class, preprocessing steps
 MODELS: dict[str, ModelEntry] = {
     "gpovae": ModelEntry("fit_gpovae", "pertgrn.models.GPOVAE", ("annotate_qc", "select_extended_genes", "ot_pairing")),
+    "raptorgraph": ModelEntry("fit_raptorgraph", "pertgrn.models.RaptorGraph", ("ot_pairing",)),
 }
 
 

@@ -197,6 +197,16 @@ FIT_OPTIONS: tuple[Option, ...] = (
         metavar="KEY",
     ),
     Option(
+        "pairing",
+        ("--pairing",),
+        _text,
+        "ot",
+        "RAPTORGraph's training partners: 'ot' (the plan's heaviest control) or 'random' (the paper's "
+        "ablation) (default: %(default)s)",
+        table="setup",
+        metavar="KIND",
+    ),
+    Option(
         "extended_key",
         ("--extended-key",),
         _key_or_none,
