@@ -312,7 +312,10 @@ def test_parameters_change_and_getters(trained):
     grn = model.get_grn()
     assert grn.shape == (len(model.nodes), len(model.nodes))
     assert list(grn.index) == list(grn.columns) == model.nodes
-    assert ((grn.to_numpy() > 0) & (grn.to_numpy() < 1)).all()
+    off_diagonal = ~np.eye(len(model.nodes), dtype=bool)
+    assert ((grn.to_numpy()[off_diagonal] > 0) & (grn.to_numpy()[off_diagonal] < 1)).all()
+    # the signed GPO form has no self-loops to learn: its diagonal is exactly 0
+    assert (np.diag(grn.to_numpy()) == 0).all()
     assert not np.allclose(grn.to_numpy(), 0.5)  # A was trained
     binary = model.get_grn(threshold=0.5)
     np.testing.assert_array_equal(binary.to_numpy(), (grn.to_numpy() > 0.5).astype(int))

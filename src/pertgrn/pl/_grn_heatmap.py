@@ -71,7 +71,7 @@ def grn_heatmap(
     Nodes are drawn in two blocks, as in GPO-VAE's topology figure: the perturbation targets
     (measured or not) first, then the extended genes, with lines separating the blocks and the
     block names on the top and right edges. Edge probabilities are drawn on a diverging colormap
-    centred at 0.5, GPO-VAE's initial probability, so that edges the model gained and lost stand
+    centred at 0.5, GPO-VAE's initial probability (the logits start at 0), so that edges the model gained and lost stand
     apart; signed weights on one centred at 0; other scores on a sequential colormap from 0. With up to 60 nodes
     every row and column is labelled, unmeasured targets (nodes without an expression column, common
     in CRISPRa screens) in italics with a note saying so under the axis; beyond that only the blocks

@@ -206,9 +206,7 @@ class GPOVAE(PerturbationModel):
       default size (the reference's are five times wider, and on screens of a few thousand cells
       predicted worse held-out effects, at five times the cost per step).
 
-    Differences from the reference code under both presets:
-
-    Differences from the reference code, each deliberate:
+    Differences from the reference code under both presets, each deliberate:
 
     - KL terms are analytic (Bernoulli for ``M``, Gaussian for ``E``, ``u`` and ``z_b``) instead of
       single-sample Monte Carlo estimates; the global terms are shared by the cells of a plate with
@@ -270,6 +268,9 @@ class GPOVAE(PerturbationModel):
     }
     #: edges with probability at or below this are not stored in the AnnData (the GRN record's rule)
     grn_min_weight = 0.05
+    #: the same under ``preset="pertgrn"``, whose probabilities grow with the size of a direct effect
+    #: (about ``|W| / max_effect``) and whose non-edges the sparsity term drives towards 0
+    grn_min_weight_signed = 0.01
 
     def __init__(
         self,
@@ -640,13 +641,21 @@ class GPOVAE(PerturbationModel):
     # getters (they return, never write)
     # ------------------------------------------------------------------------------------------
     def _grn_probabilities(self) -> np.ndarray:
-        return torch.sigmoid(self.module.grn_logits.detach()).cpu().numpy().astype(np.float64)
+        """``sigmoid(A)``; with ``gpo_form="signed"`` the diagonal is 0: that form has no self-loops to learn."""
+        probabilities = torch.sigmoid(self.module.grn_logits.detach()).cpu().numpy().astype(np.float64)
+        if self.module.gpo_form == "signed":
+            np.fill_diagonal(probabilities, 0.0)
+        return probabilities
 
     def _grn_record(self) -> NodeGRN:
-        """Edge probabilities ``sigmoid(A)`` over the nodes; edges above ``grn_min_weight`` are stored."""
-        return NodeGRN(
-            nodes=self.nodes, weights=self._grn_probabilities(), signed=False, min_weight=self.grn_min_weight
-        )
+        """Edge probabilities ``sigmoid(A)`` over the nodes; edges above the stated minimum are stored.
+
+        The minimum is ``grn_min_weight`` (0.05), or ``grn_min_weight_signed`` (0.01) with
+        ``gpo_form="signed"``, whose probabilities are about ``|W| / max_effect``.
+        """
+        signed_form = self.module.gpo_form == "signed"
+        minimum = self.grn_min_weight_signed if signed_form else self.grn_min_weight
+        return NodeGRN(nodes=self.nodes, weights=self._grn_probabilities(), signed=False, min_weight=minimum)
 
     @torch.inference_mode()
     def get_latent_representation(
