@@ -1,5 +1,6 @@
 """scvi-tools models: GPO-VAE, RAPTORGraph and gCRL."""
 
+from pertgrn.models._gcrlvae import GCRLVAE
 from pertgrn.models._gpovae import GPOVAE
 
-__all__ = ["GPOVAE"]
+__all__ = ["GCRLVAE", "GPOVAE"]

@@ -2,6 +2,7 @@
 
 from pertgrn.tl._baselines import baseline_grn, baseline_predict
 from pertgrn.tl._evaluate import evaluate
+from pertgrn.tl._fit_gcrlvae import fit_gcrlvae
 from pertgrn.tl._fit_gpovae import fit_gpovae
 
-__all__ = ["baseline_grn", "baseline_predict", "evaluate", "fit_gpovae"]
+__all__ = ["baseline_grn", "baseline_predict", "evaluate", "fit_gcrlvae", "fit_gpovae"]

@@ -25,8 +25,13 @@ if TYPE_CHECKING:
 
 
 def result_keys(key_added: str) -> dict[str, str]:
-    """Every AnnData key a ``tl.fit_*`` writes, derived from ``key_added``."""
-    return {"obsm": f"X_{key_added}", "varp": grn_varp_key(key_added), "uns": key_added}
+    """Every AnnData key a ``tl.fit_*`` writes, derived from ``key_added`` (``varm`` only for models with loadings)."""
+    return {
+        "obsm": f"X_{key_added}",
+        "varp": grn_varp_key(key_added),
+        "varm": f"{key_added}_loadings",
+        "uns": key_added,
+    }
 
 
 def h5ad_safe(value: Any) -> Any:
@@ -175,30 +180,43 @@ def write_results(model: PerturbationModel, adata: AnnData, *, key_added: str, p
         The GRN record (see :mod:`pertgrn._grn_store`), plus ``history`` (per-epoch loss terms),
         ``ate`` (predicted effects of every observed condition the model can decode), ``params``
         (model, training and set-up arguments, ``test_key``, ``random_state``, ``n_epochs_trained``)
-        and ``keys`` (pointers to the slots written).
+        and ``keys`` (pointers to the slots written), plus the model's own entries.
+    ``varm["<key_added>_loadings"]``
+        ``n_vars × n_latent`` float32 gene loadings of the latents, for models that have them
+        (``model._result_extras()["varm"]``).
     """
     keys = result_keys(key_added)
     latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
     record = model._grn_record()
     history = model.history_summary()
     ate = predicted_condition_effects(model, adata)
+    extras = model._result_extras()
+    loadings = extras.get("varm")
+    pointers = {"obsm": keys["obsm"], "varp": keys["varp"]}
+    if loadings is not None:
+        loadings = np.asarray(loadings, dtype=np.float32)
+        if loadings.shape[0] != adata.n_vars:
+            raise ValueError(f"Loadings of shape {loadings.shape} do not match the {adata.n_vars} genes.")
+        pointers["varm"] = keys["varm"]
     params = {
         **params,
         "n_epochs_trained": int(history["train_loss"].notna().sum()) if "train_loss" in history else 0,
         "model_class": type(model).__name__,
     }
     adata.obsm[keys["obsm"]] = latent
+    if loadings is not None:
+        adata.varm[keys["varm"]] = loadings
     write_grn(
         adata,
         key=key_added,
         grn=record,
         params=h5ad_safe({k: v for k, v in params.items() if v is not None}),
-        extra={"keys": {"obsm": keys["obsm"], "varp": keys["varp"]}, "history": history, "ate": ate},
+        extra={**extras.get("uns", {}), "keys": pointers, "history": history, "ate": ate},
     )
     logger.info(
         "%s: %s-level GRN with %d stored edges; wrote %s",
         type(model).__name__,
         record.level,
         int(adata.varp[keys["varp"]].nnz),
-        ", ".join(f"{slot}[{key!r}]" for slot, key in keys.items()),
+        ", ".join(f"{slot}[{key!r}]" for slot, key in {**pointers, "uns": key_added}.items()),
     )

@@ -109,6 +109,10 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         """Gene columns of the partners' counts the module needs (``None``: all genes)."""
         return None
 
+    def _partner_keys(self) -> tuple[str, ...]:
+        """Further registry keys whose rows of each partner the module needs in the minibatch."""
+        return ()
+
     # ------------------------------------------------------------------------------------------
     # training
     # ------------------------------------------------------------------------------------------
@@ -195,6 +199,8 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         if self.has_partners:
             datasplitter_kwargs.setdefault("partner_columns", self._partner_columns())
+            if self._partner_keys():
+                datasplitter_kwargs.setdefault("partner_keys", self._partner_keys())
         held_out = ~self.training_mask()
         if "external_indexing" in datasplitter_kwargs:
             used = np.concatenate([np.asarray(i, dtype=np.int64) for i in datasplitter_kwargs["external_indexing"][:2]])
@@ -285,6 +291,14 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _grn_record(self) -> NodeGRN | LatentGRN:
         """The model's GRN: a :class:`~pertgrn._grn_store.NodeGRN` or :class:`~pertgrn._grn_store.LatentGRN`."""
         raise NotImplementedError  # pragma: no cover - every model implements it
+
+    def _result_extras(self) -> dict[str, Any]:
+        """What the model writes beyond the common results (see :func:`~pertgrn.models._base.write_results`).
+
+        ``"varm"``: an ``n_vars × n_latent`` array of gene loadings of the latents (written to
+        ``varm["<key>_loadings"]``); ``"uns"``: further h5ad-writable entries of ``uns[key]``.
+        """
+        return {}
 
     # ------------------------------------------------------------------------------------------
     # prediction

@@ -14,6 +14,11 @@ Keys added to each minibatch (``B`` cells, ``k`` partner slots):
 ``partner_library``
     ``B × k`` total counts of each partner over all genes (for normalisation); 0 in empty slots.
 
+``partner_<registry key>``
+    ``B × k × …`` rows of further registered per-cell fields of each partner, for the registry
+    keys a model asks for (e.g. a model that needs its controls' TF-community activities); zeros
+    in empty slots.
+
 ``partner_weight`` (``B × k``, 0 in empty slots) comes from the registry with the indices.
 Every tensor keeps the cells on its first axis, as Lightning expects of a batch.
 """
@@ -45,11 +50,18 @@ class AttachPartners:
         Manager of the registered AnnData (its counts are read by global cell index).
     columns
         Gene columns of ``partner_x``; ``None`` keeps all genes.
+    keys
+        Further registry keys whose rows of each partner are attached as ``partner_<key>``.
     """
 
-    def __init__(self, adata_manager: AnnDataManager, columns: Sequence[int] | None = None):
+    def __init__(self, adata_manager: AnnDataManager, columns: Sequence[int] | None = None, keys: Sequence[str] = ()):
         self.counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        self.fields = {}
+        for key in keys:
+            values = adata_manager.get_from_registry(key)
+            values = values.to_numpy() if hasattr(values, "to_numpy") else values
+            self.fields[key] = np.asarray(values.toarray() if hasattr(values, "toarray") else values, np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Attach ``partner_x`` and ``partner_library``, then convert every array to a tensor."""
@@ -69,6 +81,11 @@ class AttachPartners:
         batch = dict(batch)
         batch[PARTNER_X_KEY] = partner_x
         batch[PARTNER_LIBRARY_KEY] = partner_library
+        for key, values in self.fields.items():
+            attached = np.zeros((*index.shape, *values.shape[1:]), dtype=np.float32)
+            if unique.size:
+                attached[valid] = values[unique][slots]
+            batch[f"partner_{key}"] = attached
         return default_convert(batch)
 
 
@@ -81,11 +98,20 @@ class PairedAnnDataLoader(AnnDataLoader):
         Manager of an AnnData registered with a partner field.
     partner_columns
         Gene columns of the partners' counts to load (``None``: all genes).
+    partner_keys
+        Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
     **kwargs
         Arguments of :class:`~scvi.dataloaders.AnnDataLoader`.
     """
 
-    def __init__(self, adata_manager: AnnDataManager, *, partner_columns: Sequence[int] | None = None, **kwargs):
+    def __init__(
+        self,
+        adata_manager: AnnDataManager,
+        *,
+        partner_columns: Sequence[int] | None = None,
+        partner_keys: Sequence[str] = (),
+        **kwargs,
+    ):
         if PARTNER_INDEX_KEY not in adata_manager.data_registry:
             raise KeyError("The AnnData was set up without OT partners; the paired loader needs them.")
         if kwargs.get("data_and_attributes") is None:
@@ -94,7 +120,7 @@ class PairedAnnDataLoader(AnnDataLoader):
                 key: (np.int64 if key == PARTNER_INDEX_KEY else registry_key_to_default_dtype(key))
                 for key in adata_manager.data_registry
             }
-        kwargs["collate_fn"] = AttachPartners(adata_manager, partner_columns)
+        kwargs["collate_fn"] = AttachPartners(adata_manager, partner_columns, partner_keys)
         super().__init__(adata_manager, **kwargs)
 
 
@@ -110,11 +136,20 @@ class PairedDataSplitter(DataSplitter):
         Manager of an AnnData registered with a partner field.
     partner_columns
         Gene columns of the partners' counts to load (``None``: all genes).
+    partner_keys
+        Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
     **kwargs
         Arguments of :class:`~scvi.dataloaders.DataSplitter`.
     """
 
     data_loader_cls = PairedAnnDataLoader
 
-    def __init__(self, adata_manager: AnnDataManager, *, partner_columns: Sequence[int] | None = None, **kwargs):
-        super().__init__(adata_manager, partner_columns=partner_columns, **kwargs)
+    def __init__(
+        self,
+        adata_manager: AnnDataManager,
+        *,
+        partner_columns: Sequence[int] | None = None,
+        partner_keys: Sequence[str] = (),
+        **kwargs,
+    ):
+        super().__init__(adata_manager, partner_columns=partner_columns, partner_keys=tuple(partner_keys), **kwargs)
