@@ -1,6 +1,6 @@
 """scvi-tools models: GPO-VAE, RAPTORGraph and gCRL."""
 
-from pertgrn.models._gcrlvae import GCRLVAE
+from pertgrn.models._gcrlvae import GCRLAE, GCRLVAE
 from pertgrn.models._gpovae import GPOVAE
 
-__all__ = ["GCRLVAE", "GPOVAE"]
+__all__ = ["GCRLAE", "GCRLVAE", "GPOVAE"]

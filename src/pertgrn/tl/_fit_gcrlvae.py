@@ -116,6 +116,8 @@ def fit_gcrlvae(
     """
     from pertgrn.models import GCRLVAE
     from pertgrn.models._base import fit_model
+    from pertgrn.models._base._fit import check_test_key
+    from pertgrn.models._gcrlvae._model import check_screen
 
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise TypeError(f"`model_kwargs` must be a dict or None, found {type(model_kwargs).__name__}.")
@@ -123,9 +125,13 @@ def fit_gcrlvae(
     if "variant" in model_kwargs and model_kwargs["variant"] != variant:
         raise ValueError(f"`variant` is given twice ({variant!r} and model_kwargs {model_kwargs['variant']!r}).")
     model_kwargs["variant"] = variant
-    GCRLVAE.check_params(**model_kwargs)
-    if activity_key is None and variant != "d":
-        raise ValueError(f"variant={variant!r} needs TF-community activities; pass activity_key (or variant='d').")
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"`adata` must be an AnnData, found {type(adata).__name__}.")
+    check_test_key(adata, test_key)
+    # everything the model would refuse is refused now, before set-up writes its fields
+    check_screen(
+        adata, activity_key=activity_key, communities_key=communities_key, test_key=test_key, model_kwargs=model_kwargs
+    )
     setup = {
         "layer": layer,
         "activity_key": activity_key,

@@ -29,7 +29,13 @@ from pertgrn.models._base import (
     design_field,
     partner_fields,
 )
-from pertgrn.models._gcrlvae._fields import ACTIVITY_OBSM_KEY, activity_field, random_partner_fields
+from pertgrn.models._gcrlvae._fields import (
+    ACTIVITY_OBSM_KEY,
+    activity_field,
+    check_activity,
+    community_record,
+    random_partner_fields,
+)
 from pertgrn.models._gcrlvae._module import ACTIVITY_KEY, ROUTINGS, GCRLVAEModule, log_normalise
 from pertgrn.models._gcrlvae._trainingplan import GCRLVAETrainingPlan
 
@@ -51,6 +57,65 @@ _CHOICES = {
 }
 _NON_NEGATIVE = ("alignment_weight", "sparsity_weight", "alpha_max", "beta_max")
 _POSITIVE = ("temperature_max", "sinkhorn_tau")
+
+
+def check_screen(
+    adata: AnnData,
+    *,
+    activity_key: str | None,
+    communities_key: str,
+    test_key: str | None,
+    model_kwargs: dict[str, Any],
+) -> None:
+    """Everything :class:`GCRLVAE` would refuse about a screen, checked before set-up writes anything.
+
+    Raises
+    ------
+    KeyError, ValueError
+        No perturbation design, no communities or activities where the variant needs them,
+        activities that do not match the communities, no measured TF for a TF-only encoder,
+        targets in no community with ``unassigned_targets="error"``, or no single perturbation in
+        the training cells for ``variant="d"``.
+    """
+    GCRLVAE.check_params(**model_kwargs)
+    variant = model_kwargs.get("variant", "gcrl")
+    resolved = {k: (PRESETS[variant][k] if model_kwargs.get(k) is None else model_kwargs[k]) for k in PRESETS[variant]}
+    needs = resolved["routing"] != "soft" or resolved["alignment_weight"] > 0 or resolved["encoder_input"] == "tfs"
+    design = PerturbationDesign.from_adata(adata)
+    targets = list(design.targets)
+    if not targets:
+        raise ValueError("The screen has no perturbation target; the gCRL VAEs need perturbed cells.")
+    if activity_key is None:
+        if needs:
+            raise ValueError(
+                f"variant={variant!r} (routing {resolved['routing']!r}, encoder input {resolved['encoder_input']!r}, "
+                f"alignment weight {resolved['alignment_weight']}) needs TF communities and their activities; pass "
+                "activity_key (after `pertgrn.pp.tf_activity`) or use variant='d'."
+            )
+    else:
+        tfs, labels, grn_tfs = community_record(adata, communities_key)
+        n_columns = max(labels) + 2 if labels and max(labels) >= 0 else 0
+        if n_columns == 0:
+            raise ValueError(f"adata.uns[{communities_key!r}] has no community (every TF is unpartitioned).")
+        check_activity(adata, activity_key, n_columns)
+        if resolved["encoder_input"] == "tfs" and not any(t in adata.var_names for t in grn_tfs):
+            raise ValueError("encoder_input='tfs', but no TF of the reference GRN is among the AnnData's genes.")
+        community_of = dict(zip(tfs, labels, strict=True))
+        unassigned = [t for t in targets if community_of.get(t, -1) < 0]
+        if unassigned and resolved["routing"] != "soft" and model_kwargs.get("unassigned_targets") == "error":
+            raise ValueError(
+                f"{len(unassigned)} of {len(targets)} perturbation targets are in no TF community: {unassigned[:10]}. "
+                "Pass unassigned_targets='global' or 'soft', or subset the screen to community TFs."
+            )
+        n_latent = model_kwargs.get("n_latent")
+        if needs and n_latent is not None and n_latent != n_columns:
+            raise ValueError(f"n_latent={n_latent}, but routing or aligning through communities needs {n_columns}.")
+    if variant == "d" and model_kwargs.get("n_latent") is None:
+        single = np.asarray(adata.obs[CONDITION_KEY].map(lambda c: design.is_single(str(c))), dtype=bool)
+        if test_key is not None:
+            single &= ~adata.obs[test_key].to_numpy(dtype=bool)
+        if not single.any():
+            raise ValueError("variant='d' has one latent per target perturbed singly in training; found none.")
 
 
 class GCRLVAE(PerturbationModel):
