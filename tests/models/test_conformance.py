@@ -105,7 +105,12 @@ def test_grn_export_at_its_level_and_write_back(case, fitted, tmp_path):
     model, adata = fitted(case)
     record = adata.uns[case.key]
     assert record["level"] == case.level == model.grn_level
-    assert record["keys"] == {"obsm": f"X_{case.key}", "varp": f"{case.key}_grn"}
+    assert {slot: record["keys"][slot] for slot in ("obsm", "varp")} == {
+        "obsm": f"X_{case.key}",
+        "varp": f"{case.key}_grn",
+    }
+    for slot, key in record["keys"].items():  # further pointers (e.g. varm loadings) point at what was written
+        assert key in getattr(adata, slot), f"uns[{case.key!r}]['keys'] points at a missing {slot}[{key!r}]"
     grn = adata.varp[f"{case.key}_grn"]
     assert sparse.issparse(grn) and grn.shape == (adata.n_vars, adata.n_vars)
     assert grn.nnz < adata.n_vars**2  # only edges that pass the record's rule
