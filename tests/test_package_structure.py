@@ -56,3 +56,20 @@ def test_numpy_docstring(func):
         if name in {"args", "kwargs"}:
             continue
         assert name in documented, f"{func.__qualname__}: parameter {name!r} is not documented"
+
+
+@pytest.mark.parametrize("func", list(_public_functions(("pp",))))
+def test_pp_copy_contract(func):
+    """scanpy's contract for writing functions: ``copy: bool = False``, keyword-only, returning ``AnnData | None``."""
+    signature = inspect.signature(func)
+    name = func.__qualname__
+    assert "copy" in signature.parameters, f"pp.{name} writes into adata but has no `copy` parameter"
+    copy = signature.parameters["copy"]
+    assert copy.kind is inspect.Parameter.KEYWORD_ONLY, f"pp.{name}: `copy` must be keyword-only"
+    assert copy.default is False, f"pp.{name}: `copy` must default to False, found {copy.default!r}"
+    assert str(copy.annotation) == "bool", f"pp.{name}: `copy` must be annotated `bool`, found {copy.annotation!r}"
+    returns = str(signature.return_annotation).replace(" ", "")
+    parts = set(returns.split("|"))
+    assert {"AnnData", "None"} <= parts, f"pp.{name}: must return `AnnData | None`, found {returns!r}"
+    doc = inspect.getdoc(func)
+    assert "copy=True" in doc.split("Returns")[1], f"pp.{name}: Returns must say what copy=True returns"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
-from pertgrn import datasets, get, metrics, pl, pp, tl
 from pertgrn._settings import settings
 
 try:
@@ -14,12 +15,21 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = ["datasets", "get", "metrics", "models", "nn", "pl", "pp", "tl", "settings", "__version__"]
 
+#: Subpackages, each imported on first use: `import pertgrn` (and the `pertgrn` command) stays quick,
+#: and torch, scvi-tools and Lightning load only with the models that need them.
+_SUBMODULES = frozenset({"datasets", "get", "metrics", "models", "nn", "pl", "pp", "tl"})
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports them
+    from pertgrn import datasets, get, metrics, models, nn, pl, pp, tl
+
 
 def __getattr__(name: str):
-    # the models and their layers import torch and scvi-tools: load them on first use, so that
-    # `import pertgrn` stays quick for preprocessing, metrics and plotting
-    if name in {"models", "nn"}:
-        import importlib
-
-        return importlib.import_module(f"pertgrn.{name}")
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"pertgrn.{name}")
+        globals()[name] = module
+        return module
     raise AttributeError(f"module 'pertgrn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES})

@@ -6,8 +6,9 @@ returns new arrays, so callers can validate everything before they touch user da
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
+import difflib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,9 @@ from anndata import AnnData
 from scipy import sparse
 
 from pertgrn._constants import UNS_KEY
+from pertgrn._settings import SUMMARY, logger
 
-logger = logging.getLogger("pertgrn")
+__all__ = ["SUMMARY", "logger"]  # re-exported: `from pertgrn._utils import logger` is how modules log
 
 
 def get_matrix(adata: AnnData, layer: str | None = None) -> np.ndarray | sparse.spmatrix:
@@ -120,19 +122,144 @@ def get_design(adata: AnnData) -> dict[str, Any]:
     return dict(design)
 
 
-def did_you_mean(name: str, choices: Sequence[str], *, n: int = 3) -> str:
-    """`` Did you mean 'X'?`` for the closest of ``choices`` (case-insensitive), or an empty string.
+def preview(values: Iterable[object], *, n: int = 20) -> str:
+    """A list for an error message: all of it when short, else its first ``n`` items and the count.
+
+    Examples
+    --------
+    >>> from pertgrn._utils import preview
+    >>> preview(["A", "B"])
+    "['A', 'B']"
+    >>> preview(range(30), n=3)
+    '[0, 1, 2, …] (first 3 of 30)'
+    """
+    values = list(values)
+    if len(values) <= n:
+        return repr(values)
+    return repr(values[:n])[:-1] + f", …] (first {n} of {len(values)})"
+
+
+def _canonical(name: str, delimiter: str | None) -> str:
+    name = str(name).strip().lower()
+    if delimiter:
+        name = delimiter.join(sorted(t.strip() for t in name.split(delimiter)))
+    return name
+
+
+def suggest(name: str, choices: Iterable[object], *, delimiter: str | None = None, n: int = 3) -> list[str]:
+    """The ``choices`` closest to a misspelt ``name``, best first (at most ``n``).
+
+    A choice equal to ``name`` but for case (``stat1`` → ``STAT1``), or, with a ``delimiter``, but for
+    the order of a combination's targets (``STAT1+JAK2`` → ``JAK2+STAT1``), comes first; then the
+    close matches of :func:`difflib.get_close_matches`, compared case-insensitively.
+
+    Parameters
+    ----------
+    name
+        The name that was not found.
+    choices
+        The names that exist.
+    delimiter
+        String joining the targets of a combination, to compare combinations as sets.
+    n
+        Most suggestions returned.
+
+    Returns
+    -------
+    A list of at most ``n`` existing names.
+
+    Examples
+    --------
+    >>> from pertgrn._utils import suggest
+    >>> suggest("stat1", ["STAT1", "STAT2", "JAK2"])
+    ['STAT1', 'STAT2']
+    >>> suggest("STAT1+JAK2", ["JAK2+STAT1", "STAT1"], delimiter="+")[0]
+    'JAK2+STAT1'
+    """
+    options = list(dict.fromkeys(str(c) for c in choices))
+    by_key: dict[str, list[str]] = {}
+    for c in options:
+        by_key.setdefault(_canonical(c, delimiter), []).append(c)
+    key = _canonical(name, delimiter)
+    found = [c for c in by_key.get(key, []) if c != str(name)]
+    lowered: dict[str, list[str]] = {}
+    for c in options:
+        lowered.setdefault(c.lower(), []).append(c)
+    for match in difflib.get_close_matches(str(name).lower(), list(lowered), n=n + len(found), cutoff=0.6):
+        found += [c for c in lowered[match] if c not in found and c != str(name)]
+    return found[:n]
+
+
+def did_you_mean(names: Iterable[object], choices: Iterable[object], *, delimiter: str | None = None) -> str:
+    """``" Did you mean 'STAT1'?"`` for the first of ``names`` with a close match in ``choices``, else ``""``.
+
+    The text starts with a space, so it can be appended to any message.
 
     Examples
     --------
     >>> from pertgrn._utils import did_you_mean
-    >>> did_you_mean("stat1", ["STAT1", "IRF1"])
+    >>> did_you_mean(["stat1"], ["STAT1", "JAK2"])
     " Did you mean 'STAT1'?"
+    >>> did_you_mean(["XYZ"], ["STAT1", "JAK2"])
+    ''
     """
-    import difflib
-
-    lowered = {str(c).lower(): str(c) for c in choices}
-    matches = difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)
-    if not matches:
+    names = [str(x) for x in names]
+    choices = list(choices)
+    pairs = [(x, close[0]) for x in names if (close := suggest(x, choices, delimiter=delimiter, n=1))]
+    if not pairs:
         return ""
-    return " Did you mean " + " or ".join(repr(lowered[m]) for m in matches) + "?"
+    if len(names) == 1:
+        return f" Did you mean {pairs[0][1]!r}?"
+    return " Did you mean " + ", ".join(f"{c!r} for {x!r}" for x, c in pairs[:5]) + "?"
+
+
+def unknown_names_message(
+    missing: Sequence[object], choices: Sequence[object], *, what: str, problem: str, delimiter: str | None = None
+) -> str:
+    """One error message for names that do not exist: what was asked, the closest names, and what exists.
+
+    Parameters
+    ----------
+    missing
+        The names not found.
+    choices
+        The names that exist.
+    what
+        What the names are, starting the message (``"Perturbations"``).
+    problem
+        What is wrong with them (``"are not conditions of this screen"``).
+    delimiter
+        String joining the targets of a combination, to compare combinations as sets.
+
+    Returns
+    -------
+    The message.
+
+    Examples
+    --------
+    >>> from pertgrn._utils import unknown_names_message
+    >>> unknown_names_message(["stat1"], ["STAT1", "JAK2"], what="Perturbations", problem="are not conditions")
+    "Perturbations ['stat1'] are not conditions. Did you mean 'STAT1'? Known: ['STAT1', 'JAK2']."
+    """
+    hint = did_you_mean(list(missing), choices, delimiter=delimiter)
+    return f"{what} {list(missing)} {problem}.{hint} Known: {preview(choices)}."
+
+
+@contextmanager
+def quiet_scanpy() -> Iterator[None]:
+    """Keep scanpy's info messages about private, throw-away AnnDatas (``added 'x' to adata.uns``) off screen.
+
+    Lowers ``scanpy.settings.verbosity`` to at most ``1`` (warnings) while the block runs and restores it
+    afterwards; scanpy's warnings still show.
+    """
+    import scanpy as sc
+
+    before = sc.settings.verbosity
+    if int(before) <= 1:
+        yield
+        return
+    sc.settings.verbosity = 1
+    try:
+        yield
+    finally:
+        sc.settings.verbosity = before

@@ -1,20 +1,29 @@
-"""Command-line interface: ``pertgrn demo`` and friends."""
+"""Command-line interface: ``pertgrn demo`` and friends.
+
+Results go to stdout; log messages and progress bars go to stderr. The parser imports nothing
+heavy, so ``pertgrn --help`` and ``pertgrn --version`` answer at once; a command imports what it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(format="%(message)s", level=logging.INFO if verbose else logging.WARNING)
+    # pertgrn's own logger prints to stderr at settings.verbosity; the root logger is left alone, so the
+    # lines of Lightning and scvi-tools (which print through their own handlers) are not printed twice
+    from pertgrn import settings
+
+    settings.verbosity = "info" if verbose else None
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, stdout: TextIO) -> int:
     import numpy as np
 
     import pertgrn as pg
@@ -68,14 +77,21 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     adata.write_h5ad(out)
     lines.append(f"  written           {out}")
-    print("\n".join(lines))
+    print("\n".join(lines), file=stdout)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pertgrn`` argument parser."""
-    parser = argparse.ArgumentParser(prog="pertgrn", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    from pertgrn import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pertgrn",
+        description="Gene regulatory networks and perturbation-response models for single-cell CRISPR screens.",
+        epilog="Results go to stdout; log messages and progress bars to stderr.",
+    )
+    parser.add_argument("--version", action="version", version=f"pertgrn {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step's summary (verbosity 'info')")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate a screen, preprocess it, fit GPOVAE and write an .h5ad")
     demo.add_argument("--out", default="pertgrn_demo.h5ad", help="output .h5ad (default: %(default)s)")
@@ -90,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pertgrn`` console script."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    return args.func(args)
+    # stdout carries results only: whatever a library prints while a command runs (scvi-tools draws its
+    # training progress bar on stdout) goes to stderr, beside the log messages
+    results = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return args.func(args, stdout=results)
 
 
 if __name__ == "__main__":  # pragma: no cover

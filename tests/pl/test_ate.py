@@ -27,8 +27,25 @@ def test_scatter_puts_observed_on_x_and_predicted_on_y(screen):
     assert [line.get_gid() for line in ax.lines].count("identity") == 1
     labels = [t.get_text() for t in ax.texts if t.get_gid() == "gene_label"]
     assert labels == observed.abs().sort_values(ascending=False, kind="stable").index[:4].tolist()
-    assert (ax.get_xlabel(), ax.get_title()) == ("observed effect", p)
-    assert "predicted" in ax.get_ylabel()
+    assert (ax.get_xlabel(), ax.get_title()) == ("observed effect (Δ log2(1 + CP10k))", p)
+    assert ax.get_ylabel() == "predicted effect, shift (Δ log2(1 + CP10k))"
+    # predictions on the observed scale: no regression line, no legend
+    assert "regression" not in [line.get_gid() for line in ax.lines] and ax.get_legend() is None
+
+
+def test_scatter_draws_a_regression_line_when_scales_differ(screen):
+    p = _target(screen)
+    observed = pg.get.ate_df(screen, mask="test")
+    noise = np.random.default_rng(0).normal(scale=0.01, size=observed.shape)
+    screen.uns["shrunk"] = {"ate": 0.1 * observed + noise}  # right direction, a tenth of the size
+    ax = pg.pl.ate_scatter(screen, key="shrunk", perturbation=p, test_key="test", show=False)
+    (line,) = [line for line in ax.lines if line.get_gid() == "regression"]
+    x = observed.loc[p].to_numpy()
+    slope, intercept = np.polyfit(x, screen.uns["shrunk"]["ate"].loc[p].to_numpy(), 1)
+    assert slope == pytest.approx(0.1, abs=0.02)
+    assert line._slope == pytest.approx(slope) and line._xy1[1] == pytest.approx(intercept)
+    assert f"slope {slope:.2g}" in next(t for t in ax.texts if t.get_gid() == "pearson").get_text()
+    assert any(f"slope {slope:.2g}" in t.get_text() for t in ax.get_legend().get_texts())
 
 
 def test_scatter_uses_ate_reference_and_gene_subset(screen):

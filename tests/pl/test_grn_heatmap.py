@@ -32,7 +32,12 @@ def test_heatmap_draws_the_full_grn_in_two_blocks(screen):
     image = ax.get_images()[0]
     assert image.get_array().shape == (len(nodes), len(nodes))
     np.testing.assert_allclose(image.get_array().filled(np.nan), weights, rtol=1e-6)
-    assert (ax.get_xlabel(), ax.get_ylabel()) == ("target", "regulator")
+    # the italics are explained under the axis (the screen has unmeasured targets)
+    assert screen.uns["pertgrn"]["unmeasured_targets"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (
+        "target\nitalic: target not measured (no expression column)",
+        "regulator",
+    )
     assert image.colorbar is not None and image.colorbar.ax in ax.figure.axes
     assert image.norm.vmin == 0 and image.norm.vmax == pytest.approx(weights.max())
     separators = _separators(ax)
@@ -66,6 +71,10 @@ def test_nodes_subset_keeps_blocks_in_grn_order(screen):
     assert labels == [n for n in nodes if n in set(chosen)]
     assert labels[:2] == [targets[0], targets[2]]
     assert ax.get_images()[0].get_array().shape == (4, 4)
+    measured = set(screen.uns["pertgrn"]["measured_targets"])
+    if not set(chosen) & set(screen.uns["pertgrn"]["unmeasured_targets"]):
+        assert ax.get_xlabel() == "target"  # no italic name drawn, no note
+    assert set(chosen) & measured
     with pytest.raises(KeyError, match="not nodes of this GRN"):
         pg.pl.grn_heatmap(screen, key="baseline_de", nodes=["NOT_A_GENE"], show=False)
 

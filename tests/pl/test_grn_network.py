@@ -10,8 +10,15 @@ from matplotlib.patches import FancyArrowPatch
 
 import pertgrn as pg
 from pertgrn._grn_store import NodeGRN, read_grn, write_grn
-from pertgrn.pl._grn_network import ACTIVATION_COLOR, REPRESSION_COLOR, strongest_edges
-from pertgrn.pl._utils import ROLE_COLORS
+from pertgrn.pl._grn_network import (
+    ACTIVATION_COLOR,
+    MAX_WIDTH,
+    MIN_WIDTH,
+    REPRESSION_COLOR,
+    UNIFORM_WIDTH,
+    strongest_edges,
+)
+from pertgrn.pl._utils import ROLE_COLORS, node_roles
 
 
 def _arrows(ax):
@@ -48,12 +55,40 @@ def test_network_draws_top_edges_with_their_nodes(screen):
             assert len(drawn[role]) == len(members)
             collection = next(c for c in ax.collections if c.get_label() == role)
             assert to_hex(collection.get_facecolor()[0]) == ROLE_COLORS[role]
+    # a legend entry for every node role drawn (and none for roles absent), then what edges mean
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert set(legend) == {r for r, m in roles.items() if m}
-    # width follows |weight|: the strongest edge is drawn widest, the weakest narrowest
-    widths = [a.get_linewidth() for a in _arrows(ax)]
-    assert widths[0] == max(widths) and widths[-1] == min(widths)
+    drawn_roles = set(node_roles(screen, sorted(names)))
+    assert [t for t in legend if t in ROLE_COLORS] == [r for r in ROLE_COLORS if r in drawn_roles]
+    magnitude = np.abs(edges["weight"].to_numpy())
+    assert magnitude.min() < 0.8 * magnitude.max()  # DE scores differ: widths follow them
+    assert legend[len(drawn_roles) :] == [
+        "edge: regulator → target",
+        f"|weight| {magnitude.max():.3g}",
+        f"|weight| {magnitude.min():.3g}",
+    ]
+    # width proportional to |weight|: the strongest edge widest, the weakest narrowest
+    widths = np.array([a.get_linewidth() for a in _arrows(ax)])
+    np.testing.assert_allclose(widths, MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * magnitude / magnitude.max())
     assert "top 15 edges" in ax.get_title()
+    # names beside their nodes: offset from the node by more than its radius, never centred on it
+    radius = np.sqrt(150.0) / 2.0
+    for label in _labels(ax):
+        dx, dy = label.xyann
+        assert np.hypot(dx, dy) > radius
+        assert (label.get_ha(), label.get_va()) != ("center", "center")
+
+
+def test_widths_are_uniform_when_weights_barely_differ(screen):
+    graph = read_grn(screen, "baseline_de")
+    nodes, weights = graph.nodes, graph.weights
+    # edge probabilities just above 0.5, as GPO-VAE's: differences of 0.1 % mean nothing to a reader
+    probabilities = np.where(weights > 0, 0.5 + 0.003 * weights / weights.max(), 0.4)
+    write_grn(screen, key="probabilities", grn=NodeGRN(nodes=nodes, weights=probabilities), params={})
+    ax = pg.pl.grn_network(screen, key="probabilities", top_edges=20, show=False)
+    widths = {a.get_linewidth() for a in _arrows(ax)}
+    assert widths == {UNIFORM_WIDTH}
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[-1].endswith("(one width)") and "0.503" in legend[-1]
 
 
 def test_edges_are_the_strongest_and_skip_self_loops(screen):

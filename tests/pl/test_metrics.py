@@ -57,3 +57,28 @@ def test_metrics_errors_leave_adata_untouched(screen, metrics_frames):
     with pytest.raises(ValueError, match="twice"):
         pg.pl.metrics(screen, keys=["model", "model"], show=False)
     assert np.array_equal(screen.uns["model"]["metrics"]["value"], metrics_frames["model"]["value"])
+
+
+def test_directions_and_counts_apart_from_scores(screen):
+    screen.uns["model"] = {
+        "metrics": pd.DataFrame(
+            {"value": [0.8, 120.0, 0.1, 0.4, 100.0]},
+            index=["ate_pearson", "n_edges", "false_omission_rate", "mean_wasserstein", "n_edges_evaluated"],
+        )
+    }
+    screen.uns["baseline"] = {"metrics": pd.DataFrame({"value": [0.5, 80.0]}, index=["ate_pearson", "n_edges"])}
+    axes = pg.pl.metrics(screen, keys=["model", "baseline"], ncols=2, show=False)
+    # scores first, in their order; the counts after them, on a row of their own
+    assert list(axes) == ["ate_pearson", "false_omission_rate", "mean_wasserstein", "n_edges", "n_edges_evaluated"]
+    assert axes["ate_pearson"].get_ylabel() == "↑ higher is better"
+    assert axes["false_omission_rate"].get_ylabel() == "↓ lower is better"
+    assert axes["mean_wasserstein"].get_ylabel() == "↑ higher is better"
+    assert axes["n_edges"].get_ylabel() == axes["n_edges_evaluated"].get_ylabel() == "count (not a score)"
+    rows = {name: round(ax.get_position().y0, 3) for name, ax in axes.items()}
+    assert rows["n_edges"] == rows["n_edges_evaluated"] < rows["mean_wasserstein"] < rows["ate_pearson"]
+    # the slot beside mean_wasserstein stays empty rather than taking a count
+    assert len([ax for ax in axes["n_edges"].figure.axes if ax.get_visible()]) == 5
+    # counts are drawn paler than scores, in the same colour per key
+    score_bar, count_bar = _bars(axes["ate_pearson"])[0], _bars(axes["n_edges"])[0]
+    assert count_bar.get_alpha() < 1.0 and score_bar.get_alpha() in (None, 1.0)
+    assert score_bar.get_facecolor()[:3] == count_bar.get_facecolor()[:3]

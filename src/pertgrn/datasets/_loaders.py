@@ -22,7 +22,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import pooch
 from anndata import AnnData
 
 from pertgrn._constants import KNOWN_CONTROL_LABELS
@@ -83,6 +82,8 @@ def _fetch(source: ScreenSource, data_dir: str | os.PathLike | None) -> Path:
         return destination
     folder.mkdir(parents=True, exist_ok=True)
     logger.info("%s: downloading %s to %s", source.name, source.url, destination)
+    import pooch
+
     try:
         fetched = pooch.retrieve(
             source.url,

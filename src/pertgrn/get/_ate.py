@@ -10,7 +10,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from pertgrn._constants import CONDITION_KEY
-from pertgrn._utils import check_counts, get_design, log_normalize
+from pertgrn._utils import check_counts, get_design, log_normalize, unknown_names_message
 
 
 def log2_cp10k(X: np.ndarray | sparse.spmatrix, *, target_sum: float = 1e4) -> np.ndarray | sparse.csr_matrix:
@@ -109,7 +109,16 @@ def ate_df(
     else:
         missing = [p for p in perturbations if p not in ate.index]
         if missing:
-            raise KeyError(f"Perturbations {missing} are not conditions of this screen; known: {list(ate.index)[:20]}.")
+            known = [c for c in ate.index if c != control]
+            raise KeyError(
+                unknown_names_message(
+                    missing,
+                    known,
+                    what="Perturbations",
+                    problem="are not conditions of this screen",
+                    delimiter=design["delimiter"],
+                )
+            )
         too_few = [p for p in perturbations if n[list(subset.categories).index(p)] < min_cells]
         if too_few:
             raise ValueError(f"Perturbations {too_few} have fewer than min_cells={min_cells} cells in the subset.")

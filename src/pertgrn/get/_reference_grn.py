@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 from anndata import AnnData
 
-from pertgrn.pp._reference_grn import reference_grn_record
 
 
 def reference_grn_df(adata: AnnData, *, key: str = "reference_grn") -> pd.DataFrame:
@@ -37,6 +36,8 @@ def reference_grn_df(adata: AnnData, *, key: str = "reference_grn") -> pd.DataFr
     >>> bool((edges["qvalue"] <= 0.05).all())
     True
     """
+    from pertgrn.pp._reference_grn import reference_grn_record  # pp imports POT, and POT imports torch
+
     record = reference_grn_record(adata, key)
     edges = record["edges"].copy()
     for column in ("source", "target"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import r2_score
 
 from pertgrn.metrics._align import align_tables
 
@@ -116,6 +115,8 @@ def ate_r2(
     >>> round(ate_r2(np.zeros_like(true), true), 4)  # 1 - 15 / (15 - 6 * (7/6)**2)
     -1.1951
     """
+    from sklearn.metrics import r2_score
+
     p, t, rows, _ = align_tables(pred, true)
     if per_perturbation:
         values = r2_score(t.T, p.T, multioutput="raw_values")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score
 
 from pertgrn.metrics._align import _as_2d_float
 
@@ -95,6 +94,8 @@ def grn_auprc(
     >>> grn_auprc(truth * 0.9 + 0.1, truth)
     1.0
     """
+    from sklearn.metrics import average_precision_score
+
     s, t = _flatten_candidates(scores, truth, exclude_diagonal)
     return float(average_precision_score(t, s))
 

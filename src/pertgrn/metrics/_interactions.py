@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import cdist
-from sklearn.linear_model import TheilSenRegressor
 
 from pertgrn.metrics._align import _as_2d_float
 
@@ -74,6 +73,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def _scores_one(a: np.ndarray, b: np.ndarray, ab: np.ndarray, regression: str, random_state: int) -> list[float]:
     singles = np.column_stack([a, b])
     if regression == "theil_sen":
+        from sklearn.linear_model import TheilSenRegressor
+
         model = TheilSenRegressor(
             fit_intercept=False, max_subpopulation=int(1e5), max_iter=1000, random_state=random_state
         )

@@ -13,9 +13,15 @@ from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
+from pertgrn._utils import unknown_names_message
 from pertgrn.get._ate import ate_df
 from pertgrn.metrics import ate_pearson
 from pertgrn.pl._utils import MAX_TICK_LABELS, as_frame, check_flags, figure_and_axes, show_or_return, uns_entry
+
+#: Unit of every treatment effect: mean log2(1 + CP10k) of the perturbed cells minus the control cells'.
+EFFECT_UNIT = "Δ log2(1 + CP10k)"
+#: A least-squares line is drawn when the predicted spread differs from the observed one by more than this factor.
+SCALE_RATIO = 1.5
 
 _HOW_PREDICTED = (
     "predicted effects are written by a model's fit/evaluation or by "
@@ -46,8 +52,13 @@ def effects(
     missing = [p for p in perturbations if p not in predicted.index]
     if missing:
         raise KeyError(
-            f"Perturbations {missing} have no predicted effects under adata.uns[{key!r}]['ate']; "
-            f"it predicts {list(map(str, predicted.index))[:20]}."
+            unknown_names_message(
+                missing,
+                list(map(str, predicted.index)),
+                what="Perturbations",
+                problem=f"have no predicted effects under adata.uns[{key!r}]['ate']",
+                delimiter="+",
+            )
         )
     reference = adata.uns[key].get("ate_reference")
     if reference is not None:
@@ -82,9 +93,14 @@ def ate_scatter(
 ) -> Axes | Figure | None:
     """Predicted against observed treatment effects of one perturbation, one point per gene.
 
-    The x axis is the observed average treatment effect (``log2(1 + CP10k)``, control subtracted),
-    the y axis the prediction stored under ``uns[key]["ate"]``. A dashed identity line marks a
-    perfect prediction; the Pearson correlation across genes is printed in the corner.
+    The x axis is the observed average treatment effect, the y axis the prediction stored under
+    ``uns[key]["ate"]``, both in ``Δ log2(1 + CP10k)`` (mean log-normalised expression of the perturbed
+    cells minus that of the control cells; 1 is a two-fold change). A dashed identity line marks a
+    perfect prediction. When the predicted effects are on another scale than the observed ones (their
+    standard deviations differ by more than 1.5×, as for a model that predicts the right direction
+    but shrunken effects), the least-squares line is drawn too and its slope printed, so a good
+    ranking with the wrong scale is told apart from a bad one. The Pearson correlation across genes
+    is printed in the corner.
 
     Parameters
     ----------
@@ -129,7 +145,7 @@ def ate_scatter(
     >>> p = adata.uns["pertgrn"]["targets"][0]
     >>> ax = pg.pl.ate_scatter(adata, key="shift", perturbation=p, show=False)
     >>> ax.get_xlabel()
-    'observed effect'
+    'observed effect (Δ log2(1 + CP10k))'
     """
     check_flags(show=show, return_fig=return_fig)
     if not isinstance(perturbation, str):
@@ -151,10 +167,24 @@ def ate_scatter(
         raise ValueError(f"No gene has finite observed and predicted effects for {perturbation!r}.")
     r = ate_pearson(y[None, :], x[None, :]) if x.size > 1 else float("nan")
 
-    fig, ax = figure_and_axes(ax, figsize or (4.5, 4.5))
+    fig, ax = figure_and_axes(ax, figsize or (4.8, 4.5))
     size = size if size is not None else float(np.clip(3000.0 / x.size, 4.0, 40.0))
     ax.scatter(x, y, s=size, c="#1f77b4", alpha=0.7, linewidths=0, gid="genes")
-    ax.axline((0.0, 0.0), slope=1.0, color="grey", linestyle="--", linewidth=1.0, gid="identity")
+    ax.axline((0.0, 0.0), slope=1.0, color="grey", linestyle="--", linewidth=1.0, gid="identity", label="y = x")
+    fit_text = ""
+    sx, sy = (float(np.std(x)), float(np.std(y))) if x.size > 1 else (0.0, 0.0)
+    if sx > 0 and sy > 0 and max(sx / sy, sy / sx) > SCALE_RATIO:
+        slope, intercept = np.polyfit(x, y, 1)
+        ax.axline(
+            (0.0, float(intercept)),
+            slope=float(slope),
+            color="#d62728",
+            linewidth=1.2,
+            gid="regression",
+            label=f"least squares, slope {slope:.2g}",
+        )
+        fit_text = f"\nscales differ: slope {slope:.2g}"
+        ax.legend(loc="best", fontsize=7, frameon=False)
     ax.axhline(0.0, color="lightgrey", linewidth=0.6, zorder=0)
     ax.axvline(0.0, color="lightgrey", linewidth=0.6, zorder=0)
     for i in np.argsort(-np.abs(x), kind="stable")[: int(n_labels)]:
@@ -164,7 +194,7 @@ def ate_scatter(
     ax.text(
         0.03,
         0.97,
-        f"Pearson r = {r:.3f}\n{x.size} genes",
+        f"Pearson r = {r:.3f}\n{x.size} genes{fit_text}",
         transform=ax.transAxes,
         ha="left",
         va="top",
@@ -172,8 +202,8 @@ def ate_scatter(
         bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "lightgrey"},
         gid="pearson",
     )
-    ax.set_xlabel("observed effect")
-    ax.set_ylabel(f"predicted effect ({key})")
+    ax.set_xlabel(f"observed effect ({EFFECT_UNIT})")
+    ax.set_ylabel(f"predicted effect, {key} ({EFFECT_UNIT})")
     ax.set_title(perturbation)
     return show_or_return(fig, ax, show=show, return_fig=return_fig)
 
@@ -301,5 +331,5 @@ def ate_heatmap(
         else:
             panel.set_yticks([])
     colorbar = fig.colorbar(image, cax=axes["colorbar"])
-    colorbar.set_label("treatment effect (log2 CP10k)")
+    colorbar.set_label(f"treatment effect ({EFFECT_UNIT})")
     return show_or_return(fig, axes, show=show, return_fig=return_fig)

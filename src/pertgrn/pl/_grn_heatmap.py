@@ -13,6 +13,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from pertgrn._grn_store import edge_strength, read_grn
+from pertgrn._utils import unknown_names_message
 from pertgrn.pl._utils import (
     MAX_TICK_LABELS,
     ROLE_TARGET,
@@ -22,6 +23,9 @@ from pertgrn.pl._utils import (
     node_roles,
     show_or_return,
 )
+
+#: What italic node names mean, written under the heatmap when some are drawn.
+ITALIC_NOTE = "italic: target not measured (no expression column)"
 
 #: Group names of the two node blocks, in display order.
 GROUP_TARGETS = "targets"
@@ -40,7 +44,9 @@ def select_nodes(all_nodes: list[str], nodes: Sequence[str] | None) -> np.ndarra
     index = {n: i for i, n in enumerate(all_nodes)}
     missing = [n for n in nodes if n not in index]
     if missing:
-        raise KeyError(f"Nodes {missing[:10]} are not nodes of this GRN; its first nodes are {all_nodes[:10]}.")
+        raise KeyError(
+            unknown_names_message(missing[:10], all_nodes, what="Nodes", problem="are not nodes of this GRN")
+        )
     return np.asarray(sorted({index[n] for n in nodes}))
 
 
@@ -67,7 +73,8 @@ def grn_heatmap(
     block names on the top and right edges. Edge probabilities are drawn on a diverging colormap
     centred at 0.5, GPO-VAE's initial probability, so that edges the model gained and lost stand
     apart; signed weights on one centred at 0; other scores on a sequential colormap from 0. With up to 60 nodes
-    every row and column is labelled (unmeasured targets in italics); beyond that only the blocks
+    every row and column is labelled, unmeasured targets (nodes without an expression column, common
+    in CRISPRa screens) in italics with a note saying so under the axis; beyond that only the blocks
     are, so GRNs of hundreds of nodes stay readable.
 
     Parameters
@@ -186,6 +193,8 @@ def grn_heatmap(
             for text, italic in zip(tick_labels, unmeasured, strict=True):
                 if italic:
                     text.set_fontstyle("italic")
+        if unmeasured.any():  # say what the italics mean, under the axis they appear on
+            ax.set_xlabel(f"target\n{ITALIC_NOTE}")
     else:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -205,5 +214,6 @@ def grn_heatmap(
         ax.axvline(n_targets - 0.5, color="black", linewidth=1.0, gid="group_separator")
 
     colorbar = fig.colorbar(image, ax=ax, pad=0.08, fraction=0.046)
-    colorbar.set_label("edge weight")
+    in_unit_interval = shown.size > 0 and shown.min() >= 0 and shown.max() <= 1
+    colorbar.set_label("edge probability" if in_unit_interval and not signed else "edge weight")
     return show_or_return(fig, ax, show=show, return_fig=return_fig)

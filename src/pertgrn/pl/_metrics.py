@@ -14,6 +14,41 @@ from matplotlib.figure import Figure
 
 from pertgrn.pl._utils import as_frame, check_flags, show_or_return, uns_entry
 
+#: Which way is better for pertgrn's metrics (``+1`` higher, ``-1`` lower).
+DIRECTION = {
+    "ate_pearson": 1,
+    "ate_r2": 1,
+    "topk_jaccard": 1,
+    "ate_mse": -1,
+    "mean_wasserstein": 1,  # CausalBench: inferred edges whose targets shift more under the perturbation
+    "false_omission_rate": -1,
+    "grn_auprc": 1,
+    "grn_early_precision": 1,
+    "hit_rate": 1,
+    "mk_mmd": -1,
+    "aecd": -1,
+}
+#: Colour of the direction notes.
+_NOTE_COLOR = "#333333"
+
+
+def is_count(name: str) -> bool:
+    """Whether a reported value is bookkeeping (a count such as ``n_edges``), not a score."""
+    return name.startswith("n_")
+
+
+def direction_note(name: str) -> str:
+    """``"↑ higher is better"``, ``"↓ lower is better"``, ``"count (not a score)"`` or ``""`` (unknown metric)."""
+    if is_count(name):
+        return "count (not a score)"
+    sign = DIRECTION.get(name)
+    if sign is None:
+        for known, value in DIRECTION.items():  # per-perturbation variants, e.g. "ate_pearson_delta"
+            if name.startswith(known):
+                sign = value
+                break
+    return {1: "↑ higher is better", -1: "↓ lower is better"}.get(sign, "")
+
 
 def metrics_table(adata: AnnData, keys: Sequence[str]) -> pd.DataFrame:
     """Metric × key table of the values in ``uns[key]["metrics"]`` (NaN where a key lacks a metric)."""
@@ -50,7 +85,10 @@ def metrics(
     Metrics live on different scales (a correlation, a distance, a rate), so each gets its own
     panel; within a panel there is one bar per key, in the order of ``keys`` and in the same colour
     across panels, with its value written above. A key that lacks a metric leaves its place empty
-    and is marked "n/a".
+    and is marked "n/a". Each panel's y axis says which direction is better (``↑ higher is better``,
+    ``↓ lower is better``). Counts that :func:`pertgrn.tl.evaluate` reports for context (``n_edges``,
+    ``n_edges_evaluated``: names starting with ``n_``) are not scores: they come after the metrics, on
+    a row of their own with paler bars and the label "count (not a score)".
 
     Parameters
     ----------
@@ -74,8 +112,8 @@ def metrics(
 
     Returns
     -------
-    The Figure if ``return_fig``; else, if not shown, a dict mapping each metric name to its Axes;
-    otherwise ``None``.
+    The Figure if ``return_fig``; else, if not shown, a dict mapping each metric name to its Axes
+    (metrics first, then counts); otherwise ``None``.
 
     Examples
     --------
@@ -89,6 +127,8 @@ def metrics(
     >>> axes = pg.pl.metrics(adata, keys=["model", "baseline"], show=False)
     >>> list(axes)
     ['ate_pearson', 'fdr']
+    >>> axes["ate_pearson"].get_ylabel()
+    '↑ higher is better'
     """
     check_flags(show=show, return_fig=return_fig)
     keys = [keys] if isinstance(keys, str) else [str(k) for k in keys]
@@ -114,8 +154,12 @@ def metrics(
     elif len(palette) < len(keys):
         raise ValueError(f"`palette` has {len(palette)} colours for {len(keys)} keys.")
 
-    n_cols = min(int(ncols), len(names))
-    n_rows = int(np.ceil(len(names) / n_cols))
+    scores = [m for m in names if not is_count(m)]
+    counts = [m for m in names if is_count(m)]
+    n_cols = min(int(ncols), max(len(scores), len(counts)))
+    rows_scores = int(np.ceil(len(scores) / n_cols))
+    rows_counts = int(np.ceil(len(counts) / n_cols))
+    n_rows = rows_scores + rows_counts
     fig, grid = plt.subplots(
         n_rows,
         n_cols,
@@ -123,13 +167,20 @@ def metrics(
         squeeze=False,
         layout="constrained",
     )
+    # metrics fill the first rows, counts start a row of their own
+    slots = [grid[i // n_cols, i % n_cols] for i in range(len(scores))]
+    slots += [grid[rows_scores + i // n_cols, i % n_cols] for i in range(len(counts))]
     axes: dict[str, Axes] = {}
     positions = np.arange(len(keys))
-    for panel, name in zip(grid.ravel(), names, strict=False):
+    for panel, name in zip(slots, [*scores, *counts], strict=True):
+        count = is_count(name)
         values = table.loc[name, keys].to_numpy(dtype=float)
         present = np.isfinite(values)
         bars = panel.bar(
-            positions[present], values[present], color=[c for c, ok in zip(palette, present, strict=False) if ok]
+            positions[present],
+            values[present],
+            color=[c for c, ok in zip(palette, present, strict=False) if ok],
+            alpha=0.45 if count else 1.0,
         )
         panel.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
         for pos in positions[~present]:
@@ -141,8 +192,11 @@ def metrics(
             positions, labels=keys, rotation=45 if len(keys) > 2 else 0, ha="right" if len(keys) > 2 else "center"
         )
         panel.set_title(name)
+        panel.set_ylabel(direction_note(name), fontsize=9, color=_NOTE_COLOR)
         panel.margins(y=0.15)
         axes[name] = panel
-    for panel in grid.ravel()[len(names) :]:
-        panel.set_visible(False)
+    used = {id(p) for p in slots}
+    for panel in grid.ravel():
+        if id(panel) not in used:
+            panel.set_visible(False)
     return show_or_return(fig, axes, show=show, return_fig=return_fig)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from scipy import sparse
 
 from pertgrn._constants import CONDITION_KEY, OT_PAIRING_KEY
-from pertgrn._utils import get_design
+from pertgrn._utils import get_design, unknown_names_message
 from pertgrn.pl._utils import check_flags, figure_and_axes, show_or_return
 
 CONTROL_COLOR = "#9e9e9e"
@@ -123,7 +123,15 @@ def pairing(
         raise ValueError(f"`condition` must be a perturbation, not the control label {control!r}.")
     if condition not in set(conditions):
         known = [c for c in adata.obs[CONDITION_KEY].cat.categories if c != control]
-        raise KeyError(f"Condition {condition!r} not found in adata.obs[{CONDITION_KEY!r}]; known: {known[:20]}.")
+        raise KeyError(
+            unknown_names_message(
+                [condition],
+                known,
+                what="Condition",
+                problem=f"not found in adata.obs[{CONDITION_KEY!r}]",
+                delimiter=str(design.get("delimiter", "+")),
+            )
+        )
     plan = sparse.csr_matrix(adata.obsp[key])
     in_condition = conditions == condition
     is_control = conditions == control

@@ -10,7 +10,7 @@ from anndata import AnnData
 
 from pertgrn._constants import CONDITION_KEY, KNOWN_CONTROL_LABELS, N_TARGETS_KEY, PERTURBED_KEY, UNS_KEY
 from pertgrn._design import PerturbationDesign
-from pertgrn._utils import logger
+from pertgrn._utils import logger, preview, suggest
 
 
 def _detect_control(labels: Sequence[str]) -> str:
@@ -22,7 +22,7 @@ def _detect_control(labels: Sequence[str]) -> str:
         raise ValueError(
             "Could not detect the control label: none of the perturbation labels is one of "
             f"{list(KNOWN_CONTROL_LABELS)} (case-insensitive). Pass `control=` explicitly. "
-            f"Labels seen (first 20): {list(labels)[:20]}."
+            f"Labels seen: {preview(labels)}."
         )
     raise ValueError(f"Several labels look like controls: {found}. Pass `control=` naming the one (or ones) to use.")
 
@@ -46,7 +46,8 @@ def annotate_perturbations(
     perturbation_key: str = "perturbation",
     control: str | Sequence[str] | None = None,
     delimiter: str = "+",
-) -> None:
+    copy: bool = False,
+) -> AnnData | None:
     """Validate and record the perturbation design of a screen.
 
     Parses each cell's perturbation label into its targets (combinations such as ``"KLF1+MAP2K6"``
@@ -68,10 +69,12 @@ def annotate_perturbations(
         none or several are present.
     delimiter
         String joining the targets of a combinatorial perturbation.
+    copy
+        Return an annotated copy instead of annotating ``adata`` in place.
 
     Returns
     -------
-    Nothing; updates ``adata`` with
+    The annotated copy if ``copy=True``, else ``None``; the annotated object gets
 
     ``obs["pertgrn_condition"]``
         Categorical canonical condition, the control category first, then singles, then
@@ -91,7 +94,8 @@ def annotate_perturbations(
         If ``perturbation_key`` is not a column of ``adata.obs``.
     ValueError
         If labels are missing or empty, ``var_names`` are duplicated, the control label is absent
-        or ambiguous, or a label splits into an empty target name. ``adata`` is left untouched.
+        or ambiguous, or a label splits into an empty target name. ``adata`` is left untouched. A
+        misspelt control label gets a suggestion (``"Non-targeting"`` → ``"non-targeting"``).
 
     Examples
     --------
@@ -129,10 +133,14 @@ def annotate_perturbations(
         controls = [control] if isinstance(control, str) else list(control)
         absent = [c for c in controls if c not in set(unique_labels)]
         if absent or not controls:
+            close = [s for c in absent for s in suggest(c, unique_labels, n=1)]
+            hint = f" Did you mean {close[0]!r}?" if len(close) == 1 else (f" Did you mean {close}?" if close else "")
             raise ValueError(
-                f"Control label(s) {absent or controls} not found in adata.obs[{perturbation_key!r}]. "
-                f"Labels seen (first 30 of {len(unique_labels)}): {unique_labels[:30]}."
+                f"Control label(s) {absent or controls} not found in adata.obs[{perturbation_key!r}].{hint} "
+                f"Labels seen: {preview(unique_labels, n=30)}."
             )
+    if not isinstance(copy, bool | np.bool_):
+        raise TypeError(f"`copy` must be a bool, got {copy!r}.")
     control_set = set(controls)
     canonical_control = controls[0]
 
@@ -152,6 +160,8 @@ def annotate_perturbations(
     n_cells = pd.Series(condition).value_counts().reindex(categories).fillna(0).astype(int)
 
     # every check passed: write
+    if copy:
+        adata = adata.copy()
     adata.obs[CONDITION_KEY] = condition
     adata.obs[N_TARGETS_KEY] = labels.map(n_targets_of).astype(np.int64).to_numpy()
     adata.var[PERTURBED_KEY] = adata.var_names.isin(targets)
@@ -175,3 +185,4 @@ def annotate_perturbations(
         len(targets),
         len(unmeasured_targets),
     )
+    return adata if copy else None

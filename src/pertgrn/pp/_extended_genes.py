@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from pertgrn._constants import CONDITION_KEY, EXTENDED_KEY, PERTURBED_KEY, UNS_KEY
 from pertgrn._design import PerturbationDesign
-from pertgrn._utils import check_counts, get_design, log_normalize, logger
+from pertgrn._utils import check_counts, get_design, log_normalize, logger, quiet_scanpy
 
 _METHODS = ("wilcoxon", "t-test", "t-test_overestim_var")
 
@@ -26,7 +26,8 @@ def select_extended_genes(
     min_cells: int = 3,
     max_genes: int | None = None,
     test_key: str | None = None,
-) -> None:
+    copy: bool = False,
+) -> AnnData | None:
     """Mark the genes that respond to some perturbation without being targets: GPO-VAE's extended genes.
 
     GPO-VAE's graph has a node for every target and for every extended gene, a gene that is
@@ -68,10 +69,12 @@ def select_extended_genes(
     test_key
         Bool ``obs`` column of held-out cells (True): they are left out of the tests, so that the
         nodes of a model fitted without them are chosen without them too.
+    copy
+        Return an annotated copy instead of annotating ``adata`` in place.
 
     Returns
     -------
-    Nothing; updates ``adata`` with
+    The annotated copy if ``copy=True``, else ``None``; the annotated object gets
 
     ``var["pertgrn_extended"]``
         ``(n_vars,)`` bool, the gene is an extended gene.
@@ -120,6 +123,8 @@ def select_extended_genes(
             raise TypeError(f"`max_genes` must be an int or None, got {max_genes!r}.")
         if max_genes < 1:
             raise ValueError(f"`max_genes` must be at least 1, got {max_genes}.")
+    if not isinstance(copy, bool | np.bool_):
+        raise TypeError(f"`copy` must be a bool, got {copy!r}.")
     design = get_design(adata)
     control = str(design["control"])
     if CONDITION_KEY not in adata.obs.columns or not isinstance(adata.obs[CONDITION_KEY].dtype, pd.CategoricalDtype):
@@ -165,7 +170,7 @@ def select_extended_genes(
             var=pd.DataFrame(index=adata.var_names.astype(str)),
         )
         tmp.uns["log1p"] = {"base": None}  # natural log, so that scanpy's fold changes are right
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_scanpy():
             # scanpy fills its result table one group at a time, which pandas reports for many groups
             warnings.filterwarnings("ignore", category=pd.errors.PerformanceWarning)
             sc.tl.rank_genes_groups(
@@ -214,7 +219,9 @@ def select_extended_genes(
         params["test_key"] = test_key
 
     # ---- write
-    if adata.is_view:
+    if copy:
+        adata = adata.copy()
+    elif adata.is_view:
         adata._init_as_actual(adata.copy())
     adata.var[EXTENDED_KEY] = extended
     record = dict(adata.uns[UNS_KEY])
@@ -227,3 +234,4 @@ def select_extended_genes(
         len(tested),
         int(adata.var[PERTURBED_KEY].sum()) if PERTURBED_KEY in adata.var else 0,
     )
+    return adata if copy else None

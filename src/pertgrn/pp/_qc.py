@@ -13,10 +13,9 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 from scipy.stats import median_abs_deviation
-from skimage.filters import threshold_minimum
 
 from pertgrn._constants import QC_FAIL_KEY, UNS_KEY
-from pertgrn._utils import check_counts, library_size, logger
+from pertgrn._utils import check_counts, library_size, logger, quiet_scanpy
 
 #: Default gene-name patterns, matched case-insensitively against ``var_names``.
 MT_PATTERN = r"^MT-"
@@ -86,13 +85,14 @@ def _n_scrublet_hvgs(counts: sparse.csr_matrix) -> int:
     import scanpy as sc
 
     tmp = AnnData(X=counts.copy())
-    sc.pp.filter_genes(tmp, min_cells=3)
-    sc.pp.filter_cells(tmp, min_genes=3)
-    if tmp.n_obs < 3 or tmp.n_vars < 3:
-        return 0
-    sc.pp.normalize_total(tmp)
-    sc.pp.log1p(tmp)
-    sc.pp.highly_variable_genes(tmp)
+    with quiet_scanpy():  # a throw-away AnnData: scanpy's "added …" messages would only confuse
+        sc.pp.filter_genes(tmp, min_cells=3)
+        sc.pp.filter_cells(tmp, min_genes=3)
+        if tmp.n_obs < 3 or tmp.n_vars < 3:
+            return 0
+        sc.pp.normalize_total(tmp)
+        sc.pp.log1p(tmp)
+        sc.pp.highly_variable_genes(tmp)
     return int(tmp.var["highly_variable"].sum())
 
 
@@ -137,7 +137,7 @@ def _run_scrublet(
         tmp = AnnData(X=counts)
         tmp.obs_names = pd.Index([f"c{i}" for i in range(cells.size)])
         tmp.var_names = pd.Index([f"g{j}" for j in range(counts.shape[1])])
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_scanpy():
             # cells without counts in Scrublet's highly variable genes are harmless (they score as singlets)
             warnings.filterwarnings("ignore", message="Some cells have zero counts", category=UserWarning)
             # scanpy zeroes the kNN graph's diagonal in place, which scipy reports when identical cells exist
@@ -156,6 +156,8 @@ def _run_scrublet(
         scores[cells] = batch_scores
         if threshold is None:
             try:
+                from skimage.filters import threshold_minimum
+
                 # the automatic threshold of Scrublet: the valley of the simulated doublets' score histogram
                 thr = float(threshold_minimum(tmp.uns["scrublet"]["doublet_scores_sim"]))
             except RuntimeError as err:
@@ -183,7 +185,8 @@ def annotate_qc(
     hb_pattern: str = HB_PATTERN,
     scrublet_threshold: float | None = None,
     scrublet_kwargs: Mapping[str, Any] | None = None,
-) -> None:
+    copy: bool = False,
+) -> AnnData | None:
     r"""Flag low-quality cells by the six QC criteria of CRADLE-VAE and GPO-VAE.
 
     Each cell is tested against six criteria, each recorded in its own column, and flagged as
@@ -248,10 +251,12 @@ def annotate_qc(
     scrublet_kwargs
         Further keyword arguments for :func:`scanpy.pp.scrublet` (e.g. ``expected_doublet_rate``,
         ``n_prin_comps``, ``use_approx_neighbors``).
+    copy
+        Return an annotated copy instead of annotating ``adata`` in place.
 
     Returns
     -------
-    Nothing; updates ``adata`` with
+    The annotated copy if ``copy=True``, else ``None``; the annotated object gets
 
     ``obs["pertgrn_qc_<criterion>"]``
         ``(n_obs,)`` bool, one column per criterion: ``pertgrn_qc_low_counts``,
@@ -300,6 +305,8 @@ def annotate_qc(
         raise TypeError(f"`doublets` must be a bool, got {doublets!r}.")
     if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer):
         raise TypeError(f"`random_state` must be an int, got {random_state!r}.")
+    if not isinstance(copy, bool | np.bool_):
+        raise TypeError(f"`copy` must be a bool, got {copy!r}.")
     patterns = {
         "mt": _compile(mt_pattern, "mt_pattern"),
         "ribo": _compile(ribo_pattern, "ribo_pattern"),
@@ -414,7 +421,9 @@ def annotate_qc(
         params["scrublet_threshold"] = float(scrublet_threshold)
 
     # ---- write
-    if adata.is_view:
+    if copy:
+        adata = adata.copy()
+    elif adata.is_view:
         adata._init_as_actual(adata.copy())
     obs = adata.obs
     obs[QC_METRIC_KEYS["total_counts"]] = total
@@ -434,3 +443,4 @@ def annotate_qc(
         adata.n_obs,
         ", ".join(f"{name} {criteria[name]['n_flagged']}" for name in QC_FLAG_KEYS),
     )
+    return adata if copy else None

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from pertgrn._constants import CONDITION_KEY, OT_PAIRING_KEY, PERTURBED_KEY, UNS_KEY
 from pertgrn._design import PerturbationDesign
-from pertgrn._utils import check_counts, get_design, library_size, logger
+from pertgrn._utils import SUMMARY, check_counts, get_design, library_size, logger
 
 #: pseudocount (in normalised counts) of the target log fold change; it only matters when a mean is 0
 _EPS = 1e-9
@@ -279,15 +279,24 @@ def filter_weak_perturbations(
         },
     )
     out.uns[UNS_KEY] = record
-    logger.info(
-        "filter_weak_perturbations: kept %d of %d cells; removed %d conditions (%d weak knockdown, %d too few cells); "
-        "%d conditions kept with unmeasured targets only",
-        int(keep.sum()),
-        keep.size,
-        len(removed),
-        int((table["status"] == "weak_knockdown").sum()),
-        int((table["status"] == "too_few_cells").sum()),
-        int((table["status"] == "kept_unmeasured").sum()),
+    # one line at the default verbosity: the user should know that cells are gone
+    n_unmeasured = int((table["status"] == "kept_unmeasured").sum())
+    n_weak = int((table["status"] == "weak_knockdown").sum())
+    n_few = int((table["status"] == "too_few_cells").sum())
+    if removed:
+        what = f"removed {len(removed)} condition{'' if len(removed) == 1 else 's'} ({n_weak} weak knockdown, "
+        what += f"{n_few} too few cells)"
+    else:
+        what = "no condition removed"
+    logger.log(
+        SUMMARY,
+        "filter_weak_perturbations: kept %s of %s cells; %s%s",
+        f"{int(keep.sum()):,}",
+        f"{keep.size:,}",
+        what,
+        f"; {n_unmeasured} condition{'' if n_unmeasured == 1 else 's'} kept unjudged (no measured target)"
+        if n_unmeasured
+        else "",
     )
     if len(kept_conditions) == 1:
         logger.warning("filter_weak_perturbations: no perturbation passed; only control cells are left")

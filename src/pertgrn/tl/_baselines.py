@@ -11,7 +11,14 @@ from anndata import AnnData
 from pertgrn._constants import CONDITION_KEY, EXTENDED_KEY
 from pertgrn._design import PerturbationDesign
 from pertgrn._grn_store import NodeGRN, write_grn
-from pertgrn._utils import check_counts, get_design, log_normalize, to_dense
+from pertgrn._utils import (
+    check_counts,
+    did_you_mean,
+    get_design,
+    log_normalize,
+    to_dense,
+    unknown_names_message,
+)
 from pertgrn.get._ate import ate_df
 
 GRN_METHODS = ("de", "correlation", "random")
@@ -33,7 +40,10 @@ def _test_mask(adata: AnnData, test_key: str | None) -> np.ndarray:
     if test_key is None:
         return np.zeros(adata.n_obs, dtype=bool)
     if test_key not in adata.obs.columns:
-        raise KeyError(f"test_key {test_key!r} not found in adata.obs; available: {list(adata.obs.columns)}.")
+        raise KeyError(
+            f"test_key {test_key!r} not found in adata.obs.{did_you_mean([test_key], adata.obs.columns)} "
+            f"Available: {list(adata.obs.columns)}."
+        )
     mask = adata.obs[test_key].to_numpy()
     if mask.dtype != bool:
         raise TypeError(f"adata.obs[{test_key!r}] must be boolean (True = held-out cell), got dtype {mask.dtype}.")
@@ -232,7 +242,15 @@ def baseline_predict(
     if perturbations is None:
         present = pd.Series(adata.obs[CONDITION_KEY].to_numpy()[held_out]).value_counts()
         perturbations = [c for c in adata.obs[CONDITION_KEY].cat.categories if c != control and present.get(c, 0) > 0]
-    perturbations = list(perturbations)
+    perturbations = [perturbations] if isinstance(perturbations, str) else list(perturbations)
+    # every target must be known (a combination need not have been measured: the additive baseline predicts it)
+    known_targets = [str(t) for t in design["targets"]]
+    parser = PerturbationDesign.from_adata(adata)
+    unknown = sorted({t for p in perturbations for t in parser.split(p)} - set(known_targets))
+    if unknown:
+        raise KeyError(
+            unknown_names_message(unknown, known_targets, what="Targets", problem="are not targets of this screen")
+        )
     reference = None
     if method == "control":
         pred = pd.DataFrame(0.0, index=perturbations, columns=adata.var_names)

@@ -191,6 +191,11 @@ def evaluate(
         test = adata.obs[test_key].to_numpy()
     else:
         test = np.ones(adata.n_obs, dtype=bool)
+        logger.warning(
+            "evaluate: no `test_key`, so %r is scored on every cell, including the cells it was fitted on; "
+            "hold cells out with `pertgrn.pp.split_cells` and pass `test_key=`",
+            key,
+        )
 
     values: dict[str, float] = {}
     if has_ate and any(m in ATE_METRICS for m in wanted):

@@ -320,7 +320,7 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         known = set(self.design_columns)
         unknown = [t for label in labels if label != "control" for t in self.design.split(label) if t not in known]
         if unknown:
-            hints = "".join(did_you_mean(t, self.design_columns) for t in dict.fromkeys(unknown))
+            hints = did_you_mean(list(dict.fromkeys(unknown)), self.design_columns)
             raise KeyError(
                 f"Unknown perturbation target(s) {sorted(set(unknown))}. The model can perturb its "
                 f"{len(self.design_columns)} targets (e.g. {self.design_columns[:5]}), combined with "

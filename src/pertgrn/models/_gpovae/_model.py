@@ -46,6 +46,8 @@ _NON_NEGATIVE_FLOATS = ("gpo_weight", "sparsity_weight", "ade_weight")
 #: (dmis-lab/GPO-VAE); ``"pertgrn"`` is pertgrn's default (see the class Notes for each change).
 PRESETS: dict[str, dict[str, Any]] = {
     "reference": {
+        "gpo_weight": 100.0,
+        "sparsity_weight": 5.0,
         "gpo_form": "bounded_logits",
         "mask_estimator": "straight_through",
         "mask_gradient": "all",
@@ -54,6 +56,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "grn_lr": None,
     },
     "pertgrn": {
+        "gpo_weight": 1.0,
+        "sparsity_weight": 3.0,
         "gpo_form": "signed",
         "mask_estimator": "expectation",
         "mask_gradient": "gpo",
@@ -204,10 +208,10 @@ class GPOVAE(PerturbationModel):
         embedding_prior_scale: float = 1.0,
         temperature: float = 1.0,
         gpo_loss: str = "full",
-        gpo_weight: float = 100.0,
+        gpo_weight: float | None = None,
         gpo_offset: float = 0.8,
         n_hops: int = 5,
-        sparsity_weight: float = 5.0,
+        sparsity_weight: float | None = None,
         ade_weight: float = 0.1,
         preset: str = "pertgrn",
         gpo_form: str | None = None,
@@ -317,7 +321,7 @@ class GPOVAE(PerturbationModel):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"`n_hops` must be a non-negative integer, found {value!r}.")
         for name in (*_NON_NEGATIVE_FLOATS, "gpo_offset"):
-            if name in params:
+            if params.get(name, 0.0) is not None and name in params:
                 value = params[name]
                 if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
                     raise ValueError(f"`{name}` must be a finite number, found {value!r}.")

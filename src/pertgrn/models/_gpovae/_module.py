@@ -206,6 +206,9 @@ class GPOVAEModule(BaseModuleClass):
         self.use_artifact = n_qc_fail > 0
 
         self.register_buffer("measured_node_index", measured_node_index.long())
+        node_measured = torch.zeros(n_nodes, dtype=torch.bool)
+        node_measured[measured_node_index.long()] = True
+        self.register_buffer("node_measured", node_measured, persistent=False)
         self.register_buffer("measured_gene_index", measured_gene_index.long())
         self.register_buffer("target_sum", torch.tensor(float(target_sum)))
         self.register_buffer("node_counts", node_counts.float())
@@ -224,9 +227,12 @@ class GPOVAEModule(BaseModuleClass):
         self.grn_logits = nn.Parameter(torch.zeros(n_nodes, n_nodes))
         self.register_buffer("off_diagonal", 1.0 - torch.eye(n_nodes), persistent=False)
         if gpo_form == "signed":
-            # signed direct effects W = sigmoid(A) ⊙ max_effect · tanh(B) and each target's knockdown δ
+            # signed direct effects W = sigmoid(A) ⊙ max_effect · tanh(B)
             self.grn_effects = nn.Parameter(torch.zeros(n_nodes, n_nodes))
-            self.knockdown = nn.Parameter(torch.full((n_nodes,), -1.0))
+            # running sums of the paired expression change of each condition's training cells: the fit's target
+            n_measured = int(measured_node_index.numel())
+            self.register_buffer("condition_delta_sum", torch.zeros(n_conditions, n_measured, dtype=torch.float64))
+            self.register_buffer("condition_delta_count", torch.zeros(n_conditions, dtype=torch.float64))
         # q(E | M): correlated normal guide on [mask row, one-hot node]
         self.embedding_trunk = ResidualMLP(2 * n_nodes, embedding_n_hidden, embedding_n_layers)
         self.embedding_head = GaussianHead(embedding_n_hidden, n_nodes)
@@ -435,6 +441,72 @@ class GPOVAEModule(BaseModuleClass):
         delta = expr - paired
         return (delta if signed else delta.abs()), weight.sum(1) > 0
 
+    def condition_mean_delta(self, condition: torch.Tensor, delta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Mean paired change of every condition over its training cells seen so far (``n_conditions × T_measured``).
+
+        In training, the batch's cells (those with ``weights``) are first added to the running sums,
+        so after one epoch a condition's row is the mean of ``ΔX`` over all its training cells: the
+        per-cell noise of ``ΔX`` no longer reaches the fit, whose minimiser it would not change (the
+        squared error's minimiser is the mean) but whose gradient it would swamp.
+        """
+        if self.training:
+            w = weights.to(torch.float64).detach()
+            self.condition_delta_sum.index_add_(0, condition, delta.detach().to(torch.float64) * w[:, None])
+            self.condition_delta_count.index_add_(0, condition, w)
+        mean = self.condition_delta_sum / self.condition_delta_count.clamp_min(1.0)[:, None]
+        return mean.to(delta.dtype)
+
+    def signed_fit_loss(self, design: torch.Tensor, target: torch.Tensor, n_hops: int | None = None) -> torch.Tensor:
+        """Mean squared error of the direct-plus-paths explanation of single perturbations' mean changes.
+
+        In a linear structural model ``x = x W + ε`` (row convention), knocking node ``r`` down by
+        ``δ_r`` changes every node by ``δ_r`` times row ``r`` of ``(I - W)^{-1}``, and since
+        ``(I - W)^{-1} = I + (I - W)^{-1} W`` the change of node ``h`` is
+
+        ``Δ_rh = δ_r W_rh + Σ_{g ≠ r} Δ_rg W_gh``:
+
+        the direct effect of ``r`` plus the paths through every node ``g`` that ``r`` changes,
+        every hop of them. ``Δ_rg`` and ``δ_r = Δ_rr`` are the observed mean changes (measured
+        nodes; an unmeasured target's knockdown is one unit, its direct effects absorb the scale).
+        A change that the paths explain needs no direct edge, which the sparsity term then removes:
+        this is how the fit tells direct from indirect effects. ``n_hops = 0`` (the ``"dge"``
+        ablation) leaves the paths out, so each direct effect fits the whole observed change.
+
+        Parameters
+        ----------
+        design
+            ``C × T`` multi-hot design of ``C`` conditions; only singles enter the fit.
+        target
+            ``C × T_measured`` mean paired change of each condition.
+        n_hops
+            ``0`` leaves the paths out; defaults to the module's (``0`` for the ``"dge"`` ablation).
+
+        Returns
+        -------
+        Scalar tensor: the mean over single conditions and measured nodes other than the target
+        (without ``gpo_weight``).
+        """
+        if n_hops is None:
+            n_hops = 0 if self.gpo_loss == "dge" else self.n_hops
+        single = design.sum(-1) == 1
+        if not single.any():
+            return self.grn_effects.sum() * 0.0
+        design, target = design[single], target[single]
+        rows = design.argmax(-1)
+        index = torch.arange(rows.numel(), device=rows.device)
+        observed = target.new_zeros(rows.numel(), self.n_nodes)
+        observed[:, self.measured_node_index] = target
+        unit = -torch.ones_like(rows, dtype=target.dtype)
+        knockdown = torch.where(self.node_measured[rows], observed[index, rows], unit)
+        observed[index, rows] = 0.0  # the target itself is the direct term, not a path
+        effects = self.direct_effects()
+        predicted = knockdown[:, None] * effects[rows]
+        if n_hops > 0:
+            predicted = predicted + observed @ effects
+        residual = (predicted - observed)[:, self.measured_node_index]
+        own = self.node_one_hot[rows][:, self.measured_node_index].bool()
+        return residual.masked_fill(own, 0.0).square().sum() / (~own).sum().clamp_min(1)
+
     def grn_fit_loss(
         self,
         design: torch.Tensor,
@@ -465,13 +537,6 @@ class GPOVAEModule(BaseModuleClass):
         rows = self.active_nodes(design)
         if rows.numel() == 0:
             return self.grn_logits.sum() * 0.0
-        if self.gpo_form == "signed":
-            shifts = self.knockdown[rows, None] * total_effects(self.direct_effects(), rows, n_hops)
-            predicted = (design[:, rows] @ shifts)[:, self.measured_node_index]
-            residual = (predicted - delta_x).square().mean(-1)
-            if weights is None:
-                return residual.mean()
-            return (residual * weights).sum() / weights.sum().clamp_min(1.0)
         scores = khop_scores(self.grn_logits, rows, n_hops)
         predicted = (design[:, rows] @ scores)[:, self.measured_node_index]
         residual = (predicted - (delta_x - self.gpo_offset)).abs().mean(-1)
@@ -482,11 +547,15 @@ class GPOVAEModule(BaseModuleClass):
     def sparsity_loss(self) -> torch.Tensor:
         """``mean(sigmoid(A))`` (the reference's L1 norm of the edge probabilities over ``T²``).
 
-        With ``gpo_form="signed"`` the diagonal is left out: self-loops are not edges there.
+        With ``gpo_form="signed"`` the diagonal is left out (self-loops are not edges there) and the
+        sum is divided by the number of fitted conditions times measured nodes, the fit's own units.
         """
         probabilities = torch.sigmoid(self.grn_logits)
         if self.gpo_form == "signed":
-            return (probabilities * self.off_diagonal).sum() / self.off_diagonal.sum().clamp_min(1.0)
+            # in the units of the fit: per condition and measured node, so that sparsity_weight sets the
+            # smallest direct effect kept (about sparsity_weight / (2 · max_effect · gpo_weight · δ²))
+            n_fitted = (self.condition_delta_count > 0).sum().clamp_min(1)
+            return (probabilities * self.off_diagonal).sum() / (n_fitted * self.measured_node_index.numel())
         return probabilities.mean()
 
     def loss(
@@ -551,7 +620,18 @@ class GPOVAEModule(BaseModuleClass):
             weights = (design.sum(-1) > 0) & has_partner
             if qc is not None and self.use_artifact:
                 weights = weights & (qc < 0.5)
-            gpo_fit = self.grn_fit_loss(design, delta_x, weights=weights.to(x.dtype))
+            if self.gpo_form == "signed":
+                condition = tensors[CONDITION_REGISTRY_KEY].reshape(-1).long()
+                means = self.condition_mean_delta(condition, delta_x, weights)
+                fitted = condition[weights]
+                if fitted.numel():
+                    # one row per condition of the batch (any of its cells carries its design)
+                    present, first = torch.unique(fitted, return_inverse=True)
+                    cell = torch.zeros(present.numel(), dtype=torch.long, device=x.device)
+                    cell.scatter_(0, first, torch.nonzero(weights).flatten())
+                    gpo_fit = self.signed_fit_loss(design[cell], means[present])
+            else:
+                gpo_fit = self.grn_fit_loss(design, delta_x, weights=weights.to(x.dtype))
         sparsity = self.sparsity_loss() if self.gpo_loss in ("full", "sparsity") else x.new_zeros(())
 
         kl_local = {"kl_basal": kl_basal, "kl_mask": kl_mask, "kl_embedding": kl_embedding, "kl_artifact": kl_artifact}

@@ -7,7 +7,7 @@ from scvi.train import TrainingPlan
 from pertgrn.models._gpovae._module import GPOVAEModule
 
 #: parameters of the GRN part of the module, optimised at ``grn_lr``
-GRN_PARAMETERS = ("grn_logits", "grn_effects", "knockdown")
+GRN_PARAMETERS = ("grn_logits", "grn_effects")
 
 
 class GPOVAETrainingPlan(TrainingPlan):
