@@ -142,3 +142,52 @@ def test_precision_at_k_on_scores_and_errors():
         interaction_precision_at_k(true.rename(columns={"synergy": "other"}), true)
     with pytest.raises(ValueError, match="quantile"):
         interaction_precision_at_k(true, true, quantile=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# RAPTORGraph's scores against the naive additive reference (appendix D.4)
+# ---------------------------------------------------------------------------------------------
+def test_additive_scores_hand_built_vectors():
+    from pertgrn.metrics import additive_interaction_scores
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    # δab = 2 (δa + δb): synergy 2, neomorphism 0 (spec §8.14)
+    s = additive_interaction_scores(a, b, 2.0 * (a + b))
+    assert s["synergy"] == pytest.approx(2.0) and s["neomorphism"] == pytest.approx(0.0, abs=1e-12)
+    # δab = δa with δa ⟂ δb: epistasis 1, redundancy 0
+    a = np.array([1.0, 0.0, 0.0, 2.0])
+    b = np.array([0.0, 3.0, -1.0, 0.0])
+    s = additive_interaction_scores(a, b, a)
+    assert s["epistasis"] == pytest.approx(1.0) and s["redundancy"] == pytest.approx(0.0, abs=1e-12)
+    assert s["synergy"] == pytest.approx(np.linalg.norm(a) / np.linalg.norm(a + b))
+    # by hand: cosines against each single and the additive sum
+    ab = np.array([1.0, 1.0, 0.0, 1.0])
+    s = additive_interaction_scores(a, b, ab)
+
+    def cos(x, y):
+        return x @ y / np.linalg.norm(x) / np.linalg.norm(y)
+
+    assert s["neomorphism"] == pytest.approx(1 - cos(ab, a + b))
+    assert s["redundancy"] == pytest.approx(min(cos(ab, a), cos(ab, b)))
+    assert s["epistasis"] == pytest.approx(abs(cos(ab, a) - cos(ab, b)))
+    # a zero single: scores that need its direction are NaN, not an error
+    assert np.isnan(additive_interaction_scores(np.zeros(4), b, ab)["redundancy"])
+
+
+def test_additive_scores_tables_and_precision():
+    from pertgrn.metrics import additive_interaction_scores
+
+    rng = np.random.default_rng(1)
+    genes = [f"g{i}" for i in range(30)]
+    doubles = [f"d{i}" for i in range(8)]
+    a = pd.DataFrame(rng.normal(size=(8, 30)), index=doubles, columns=genes)
+    b = pd.DataFrame(rng.normal(size=(8, 30)), index=doubles, columns=genes)
+    factor = np.linspace(0.5, 2.0, 8)[:, None]
+    ab = (a + b) * factor
+    table = additive_interaction_scores(a, b[genes[::-1]], ab)  # columns are aligned by name
+    np.testing.assert_allclose(table["synergy"], factor.ravel())
+    precision = interaction_precision_at_k(table, table, k=2)
+    assert precision["synergy"] == 1.0 and precision["suppression"] == 1.0
+    with pytest.raises(ValueError, match="same doubles"):
+        additive_interaction_scores(a, b.iloc[:4], ab)

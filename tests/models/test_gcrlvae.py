@@ -20,6 +20,7 @@ from pertgrn.models._base import (
     PARTNER_LIBRARY_KEY,
     PARTNER_X_KEY,
     PairedAnnDataLoader,
+    PairedDataSplitter,
 )
 from pertgrn.models._gcrlvae._alignment import tmex_torch
 from pertgrn.models._gcrlvae._module import PARTNER_ACTIVITY_KEY, GCRLVAEModule
@@ -250,8 +251,14 @@ def test_gcrl_without_its_changes_is_id_vae_and_d_vae(screen):
         model = GCRLVAE(adata, **kwargs)
         model.module.alpha.fill_(2.0)
         model.module.beta.fill_(0.5)
+        cells = np.flatnonzero(~adata.obs["test"].to_numpy())
+        controls = cells[(adata.obs["perturbation"] == "control").to_numpy()[cells]]
         loader = PairedAnnDataLoader(
-            model.adata_manager, indices=np.flatnonzero(model._trainable_cells())[:32], batch_size=32, shuffle=False
+            model.adata_manager,
+            indices=cells[~np.isin(cells, controls)][:32],
+            batch_size=32,
+            shuffle=False,
+            random_partners=controls,
         )
         torch.manual_seed(5)
         losses[name] = float(model.module(next(iter(loader)))[2].loss.detach())
@@ -288,18 +295,30 @@ def test_torch_tmex_matches_the_metric():
 # ------------------------------------------------------------------------------------------------
 # pairing, model outputs, bad input
 # ------------------------------------------------------------------------------------------------
-def test_random_partners_are_training_controls(screen):
+def test_condition_batches_carry_each_partners_activities(screen):
     adata = screen.copy()
-    adata.obs["held"] = adata.obs["test"].to_numpy() | (np.arange(adata.n_obs) % 5 == 0)
-    GCRLVAE.setup_anndata(adata, test_key="held", pairing_seed=3)
-    partner = adata.obsm["_pertgrn_partner_index"][:, 0]
+    GCRLVAE.setup_anndata(adata, test_key="test")
+    model = GCRLVAE(adata)
+    splitter = PairedDataSplitter(
+        model.adata_manager,
+        external_indexing=model._split_indices(1.0, None, True),
+        batch_size=16,
+        group_by_condition=True,
+        random_partners=True,
+        partner_keys=("tf_activity",),
+    )
+    splitter.setup()
     control = (adata.obs["perturbation"] == "control").to_numpy()
-    assert (partner[control] == -1).all() and (partner[~control] >= 0).all()
-    assert control[partner[~control]].all() and not adata.obs["held"].to_numpy()[partner[~control]].any()
-    again = screen.copy()
-    again.obs["held"] = adata.obs["held"]
-    GCRLVAE.setup_anndata(again, test_key="held", pairing_seed=3)
-    np.testing.assert_array_equal(again.obsm["_pertgrn_partner_index"], adata.obsm["_pertgrn_partner_index"])
+    held_out = adata.obs["test"].to_numpy()
+    activity = adata.obsm["X_tf_activity"].astype(np.float32)
+    n_batches = 0
+    for batch in splitter.train_dataloader():
+        partners = batch["partner_index"][:, 0].numpy()
+        assert len(set(batch[CONDITION_REGISTRY_KEY][:, 0].tolist())) == 1  # one condition per minibatch
+        assert control[partners].all() and not held_out[partners].any()
+        np.testing.assert_array_equal(batch[PARTNER_ACTIVITY_KEY][:, 0].numpy(), activity[partners])
+        n_batches += 1
+    assert n_batches > 0
 
 
 def test_fit_writes_the_latent_record_and_predicts_unseen_doubles(screen, tmp_path):

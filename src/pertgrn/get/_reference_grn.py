@@ -6,7 +6,6 @@ import pandas as pd
 from anndata import AnnData
 
 
-
 def reference_grn_df(adata: AnnData, *, key: str = "reference_grn") -> pd.DataFrame:
     """Return the reference GRN as a ``source, target, weight, pvalue, qvalue`` table.
 

@@ -11,6 +11,16 @@ correlation), and ranks predicted doubles per interaction type (precision of the
 RAPTORGraph evaluation (appendix D.4) reports precision@k per type, a type's true members being
 the doubles in the top 25 % of the true score (bottom 25 % for suppression); that is what
 :func:`interaction_precision_at_k` computes.
+
+Two definitions of the scores live here, named apart:
+
+- :func:`interaction_scores` — GEARS' regression-based scores (Norman et al. 2019's fit);
+- :func:`additive_interaction_scores` — RAPTORGraph's scores against the naive additive
+  reference ``δa + δb`` (appendix D.4, eqs. S11–S15), which the RAPTORGraph tables report.
+
+Both return the columns ``synergy``, ``neomorphism``, ``redundancy`` and ``epistasis``, so
+:func:`interaction_precision_at_k` ranks either; numbers from one definition are not comparable
+with the other's.
 """
 
 from __future__ import annotations
@@ -92,6 +102,36 @@ def _scores_one(a: np.ndarray, b: np.ndarray, ab: np.ndarray, regression: str, r
     return [float(np.hypot(c1, c2)), dominance, 1.0 - corr_fit, dcor_singles, c1, c2, corr_fit, dcor_singles, dcor]
 
 
+def _aligned_deltas(
+    delta_a: pd.DataFrame | np.ndarray, delta_b: pd.DataFrame | np.ndarray, delta_ab: pd.DataFrame | np.ndarray
+) -> tuple[list[np.ndarray], pd.Index | None, bool]:
+    """The effect tables as aligned arrays (doubles × genes), their row labels, and whether vectors were given."""
+    vectors = all(not isinstance(d, pd.DataFrame) and np.ndim(d) == 1 for d in (delta_a, delta_b, delta_ab))
+    if vectors:
+        arrays = [np.asarray(d, dtype=np.float64).reshape(1, -1) for d in (delta_a, delta_b, delta_ab)]
+        index = None
+    elif all(isinstance(d, pd.DataFrame) for d in (delta_a, delta_b, delta_ab)):
+        rows, cols = delta_ab.index, delta_ab.columns
+        for d, name in ((delta_a, "delta_a"), (delta_b, "delta_b"), (delta_ab, "delta_ab")):
+            if not (d.index.is_unique and d.columns.is_unique):
+                raise ValueError(f"`{name}` has duplicated row or column labels.")
+            if set(d.index) != set(rows) or set(d.columns) != set(cols):
+                raise ValueError(f"`{name}` must have the same doubles (rows) and genes (columns) as `delta_ab`.")
+        arrays = [_as_2d_float(d.loc[rows, cols], n) for d, n in ((delta_a, "delta_a"), (delta_b, "delta_b"))]
+        arrays.append(_as_2d_float(delta_ab, "delta_ab"))
+        index = rows
+    else:
+        arrays = [_as_2d_float(d, n) for d, n in ((delta_a, "delta_a"), (delta_b, "delta_b"), (delta_ab, "delta_ab"))]
+        index = pd.RangeIndex(arrays[0].shape[0])
+    if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
+        raise ValueError(f"Shapes differ: {[a.shape for a in arrays]}; delta_a, delta_b, delta_ab must match.")
+    if arrays[0].shape[1] < 3:
+        raise ValueError(f"Need at least 3 genes to fit the interaction model, got {arrays[0].shape[1]}.")
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ValueError("delta_a, delta_b and delta_ab must not contain NaN or inf.")
+    return arrays, index, vectors
+
+
 def interaction_scores(
     delta_a: pd.DataFrame | np.ndarray,
     delta_b: pd.DataFrame | np.ndarray,
@@ -160,35 +200,89 @@ def interaction_scores(
     """
     if regression not in ("theil_sen", "ols"):
         raise ValueError(f"`regression` must be 'theil_sen' or 'ols', got {regression!r}.")
-    vectors = all(not isinstance(d, pd.DataFrame) and np.ndim(d) == 1 for d in (delta_a, delta_b, delta_ab))
-    if vectors:
-        arrays = [np.asarray(d, dtype=np.float64).reshape(1, -1) for d in (delta_a, delta_b, delta_ab)]
-        index = None
-    elif all(isinstance(d, pd.DataFrame) for d in (delta_a, delta_b, delta_ab)):
-        rows, cols = delta_ab.index, delta_ab.columns
-        for d, name in ((delta_a, "delta_a"), (delta_b, "delta_b"), (delta_ab, "delta_ab")):
-            if not (d.index.is_unique and d.columns.is_unique):
-                raise ValueError(f"`{name}` has duplicated row or column labels.")
-            if set(d.index) != set(rows) or set(d.columns) != set(cols):
-                raise ValueError(f"`{name}` must have the same doubles (rows) and genes (columns) as `delta_ab`.")
-        arrays = [_as_2d_float(d.loc[rows, cols], n) for d, n in ((delta_a, "delta_a"), (delta_b, "delta_b"))]
-        arrays.append(_as_2d_float(delta_ab, "delta_ab"))
-        index = rows
-    else:
-        arrays = [_as_2d_float(d, n) for d, n in ((delta_a, "delta_a"), (delta_b, "delta_b"), (delta_ab, "delta_ab"))]
-        index = pd.RangeIndex(arrays[0].shape[0])
-    if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
-        raise ValueError(f"Shapes differ: {[a.shape for a in arrays]}; delta_a, delta_b, delta_ab must match.")
-    if arrays[0].shape[1] < 3:
-        raise ValueError(f"Need at least 3 genes to fit the interaction model, got {arrays[0].shape[1]}.")
-    if not all(np.isfinite(a).all() for a in arrays):
-        raise ValueError("delta_a, delta_b and delta_ab must not contain NaN or inf.")
+    arrays, index, vectors = _aligned_deltas(delta_a, delta_b, delta_ab)
     table = np.array(
         [_scores_one(a, b, ab, regression, random_state) for a, b, ab in zip(*arrays, strict=True)], dtype=np.float64
     )
     if vectors:
         return pd.Series(table[0], index=_SCORE_COLUMNS, name="interaction_scores")
     return pd.DataFrame(table, index=index, columns=_SCORE_COLUMNS)
+
+
+_ADDITIVE_COLUMNS = ["synergy", "neomorphism", "redundancy", "epistasis", "cos_a", "cos_b", "cos_additive"]
+
+
+def _cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity (NaN where a row is all zeros)."""
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, (x * y).sum(axis=1) / norms, np.nan)
+
+
+def additive_interaction_scores(
+    delta_a: pd.DataFrame | np.ndarray,
+    delta_b: pd.DataFrame | np.ndarray,
+    delta_ab: pd.DataFrame | np.ndarray,
+) -> pd.Series | pd.DataFrame:
+    """Genetic-interaction scores of double perturbations against the naive additive reference (RAPTORGraph D.4).
+
+    With ``δ_naive = δa + δb`` (eq. S11) and ``cos`` the cosine similarity over genes:
+
+    ``synergy``
+        ``‖δab‖₂ / ‖δ_naive‖₂`` (eq. S12): > 1 synergy, < 1 suppression (ranked from the bottom).
+    ``neomorphism``
+        ``1 − cos(δab, δ_naive)`` (eq. S13): the double points somewhere the singles do not.
+    ``redundancy``
+        ``min(cos(δab, δa), cos(δab, δb))`` (eq. S14): the double resembles both singles.
+    ``epistasis``
+        ``|cos(δab, δa) − cos(δab, δb)|`` (eq. S15): one single dominates the double.
+
+    plus ``cos_a``, ``cos_b`` and ``cos_additive``. These are **not** GEARS' regression-based
+    scores (:func:`interaction_scores`), and the two are not comparable.
+
+    Parameters
+    ----------
+    delta_a
+        Expression change of the first single versus control: a vector over genes, or a table
+        doubles × genes (row i: the first single of double i).
+    delta_b
+        Expression change of the second single, same shape.
+    delta_ab
+        Expression change of the double, same shape. DataFrames are aligned on their row labels
+        (doubles) and columns (genes).
+
+    Returns
+    -------
+    A :class:`~pandas.Series` of the scores for vectors, or a :class:`~pandas.DataFrame` doubles ×
+    scores for tables. Scores are NaN where a vector is all zeros.
+
+    Raises
+    ------
+    ValueError
+        If shapes or labels differ, values are non-finite or fewer than 3 genes are given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pertgrn.metrics import additive_interaction_scores
+    >>> a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    >>> additive_interaction_scores(a, b, 2 * (a + b))[["synergy", "neomorphism"]].round(6).tolist()
+    [2.0, 0.0]
+    >>> additive_interaction_scores(a, b, a)[["epistasis", "redundancy"]].tolist()
+    [1.0, 0.0]
+    """
+    (a, b, ab), index, vectors = _aligned_deltas(delta_a, delta_b, delta_ab)
+    naive = a + b
+    naive_norm = np.linalg.norm(naive, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        synergy = np.where(naive_norm > 0, np.linalg.norm(ab, axis=1) / naive_norm, np.nan)
+    cos_a, cos_b, cos_naive = _cosine(ab, a), _cosine(ab, b), _cosine(ab, naive)
+    table = np.column_stack(
+        [synergy, 1.0 - cos_naive, np.minimum(cos_a, cos_b), np.abs(cos_a - cos_b), cos_a, cos_b, cos_naive]
+    )
+    if vectors:
+        return pd.Series(table[0], index=_ADDITIVE_COLUMNS, name="additive_interaction_scores")
+    return pd.DataFrame(table, index=index, columns=_ADDITIVE_COLUMNS)
 
 
 def interaction_precision_at_k(

@@ -69,8 +69,8 @@ def fit_gcrlvae(
         Keyword arguments of :meth:`pertgrn.models.GCRLVAE.train` (e.g. ``batch_size``,
         ``enable_progress_bar``).
     random_state
-        Seed set through ``scvi.settings.seed`` before building the model; the random control
-        pairing uses it too. ``None`` leaves the global seeds alone (pairing seed 0).
+        Seed set through ``scvi.settings.seed`` before building the model; the minibatch order and
+        the random control partners follow it. ``None`` leaves the global seeds alone.
 
     Returns
     -------
@@ -97,8 +97,8 @@ def fit_gcrlvae(
         ``params``, ``keys`` and ``version``.
 
     plus what :meth:`~pertgrn.models.GCRLVAE.setup_anndata` registers (``obsm["_pertgrn_design"]``,
-    ``obsm["_pertgrn_partner_index"]``, ``obsm["_pertgrn_partner_weight"]``,
-    ``obsm["_pertgrn_tf_activity"]``, ``obs["_scvi_condition"]``, ``uns["_scvi_uuid"]``,
+    ``obsm["_pertgrn_tf_activity"]``, with ``pairing_key`` ``obsm["_pertgrn_partner_index"]`` and
+    ``obsm["_pertgrn_partner_weight"]``, ``obs["_scvi_condition"]``, ``uns["_scvi_uuid"]``,
     ``uns["_scvi_manager_uuid"]``).
 
     Examples
@@ -137,7 +137,6 @@ def fit_gcrlvae(
         "activity_key": activity_key,
         "communities_key": communities_key,
         "pairing_key": pairing_key,
-        "pairing_seed": 0 if random_state is None else int(random_state),
     }
     return fit_model(
         GCRLVAE,

@@ -18,12 +18,15 @@ from pertgrn.models._base._model import PerturbationModel, check_bool_column, ch
 from pertgrn.models._base._pairing import (
     PARTNER_LIBRARY_KEY,
     PARTNER_X_KEY,
+    ConditionBatchSampler,
     PairedAnnDataLoader,
     PairedDataSplitter,
+    control_cells,
 )
 
 __all__ = [
     "CONDITION_REGISTRY_KEY",
+    "ConditionBatchSampler",
     "DESIGN_KEY",
     "PARTNER_INDEX_KEY",
     "PARTNER_LIBRARY_KEY",
@@ -38,6 +41,7 @@ __all__ = [
     "check_bool_column",
     "check_positive_int",
     "compute_partners",
+    "control_cells",
     "design_field",
     "fit_model",
     "partner_fields",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def result_keys(key_added: str) -> dict[str, str]:
-    """Every AnnData key a ``tl.fit_*`` writes, derived from ``key_added`` (``varm`` only for models with loadings)."""
+    """Every AnnData key a ``tl.fit_*`` writes, derived from ``key_added``."""
     return {
         "obsm": f"X_{key_added}",
         "varp": grn_varp_key(key_added),
@@ -156,7 +156,7 @@ def fit_model(
 def predicted_condition_effects(model: PerturbationModel, adata: AnnData) -> pd.DataFrame:
     """Predicted effects of every observed condition the model can decode (others are logged and skipped)."""
     control = model.design.control
-    known = set(model.design_columns)
+    known = set(model.predictable_targets)
     conditions, skipped = [], []
     for condition in adata.obs[CONDITION_KEY].cat.categories:
         if condition == control:
@@ -176,33 +176,31 @@ def write_results(model: PerturbationModel, adata: AnnData, *, key_added: str, p
 
     ``obsm["X_<key_added>"]``
         ``n_obs × n_latent`` float32 latent of every cell (:meth:`get_latent_representation`).
+    ``varm["<key_added>_loadings"]``
+        ``n_vars × n_latent`` float32 gene loadings of the latents, for models that have them
+        (:meth:`~pertgrn.models._base.PerturbationModel.get_loadings` returns a table).
     ``varp["<key_added>_grn"]`` and ``uns[key_added]``
         The GRN record (see :mod:`pertgrn._grn_store`), plus ``history`` (per-epoch loss terms),
         ``ate`` (predicted effects of every observed condition the model can decode), ``params``
-        (model, training and set-up arguments, ``test_key``, ``random_state``, ``n_epochs_trained``)
-        and ``keys`` (pointers to the slots written), plus the model's own entries.
-    ``varm["<key_added>_loadings"]``
-        ``n_vars × n_latent`` float32 gene loadings of the latents, for models that have them
-        (``model._result_extras()["varm"]``).
+        (model, training and set-up arguments, ``test_key``, ``random_state``, ``n_epochs_trained``),
+        ``keys`` (pointers to the slots written) and what the model adds (``_uns_extra``).
     """
     keys = result_keys(key_added)
     latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
     record = model._grn_record()
+    loadings = model.get_loadings() if model.has_loadings else None
+    uns_extra = model._uns_extra()
     history = model.history_summary()
     ate = predicted_condition_effects(model, adata)
-    extras = model._result_extras()
-    loadings = extras.get("varm")
-    pointers = {"obsm": keys["obsm"], "varp": keys["varp"]}
-    if loadings is not None:
-        loadings = np.asarray(loadings, dtype=np.float32)
-        if loadings.shape[0] != adata.n_vars:
-            raise ValueError(f"Loadings of shape {loadings.shape} do not match the {adata.n_vars} genes.")
-        pointers["varm"] = keys["varm"]
     params = {
         **params,
         "n_epochs_trained": int(history["train_loss"].notna().sum()) if "train_loss" in history else 0,
         "model_class": type(model).__name__,
     }
+    written = {"obsm": keys["obsm"], "varp": keys["varp"]}
+    if loadings is not None:
+        loadings = loadings.reindex(adata.var_names.astype(str)).to_numpy(dtype=np.float32)
+        written["varm"] = keys["varm"]
     adata.obsm[keys["obsm"]] = latent
     if loadings is not None:
         adata.varm[keys["varm"]] = loadings
@@ -211,12 +209,12 @@ def write_results(model: PerturbationModel, adata: AnnData, *, key_added: str, p
         key=key_added,
         grn=record,
         params=h5ad_safe({k: v for k, v in params.items() if v is not None}),
-        extra={**extras.get("uns", {}), "keys": pointers, "history": history, "ate": ate},
+        extra={**uns_extra, "keys": written, "history": history, "ate": ate},
     )
     logger.info(
         "%s: %s-level GRN with %d stored edges; wrote %s",
         type(model).__name__,
         record.level,
         int(adata.varp[keys["varp"]].nnz),
-        ", ".join(f"{slot}[{key!r}]" for slot, key in {**pointers, "uns": key_added}.items()),
+        ", ".join(f"{slot}[{key!r}]" for slot, key in {**written, "uns": keys["uns"]}.items()),
     )

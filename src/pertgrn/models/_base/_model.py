@@ -109,9 +109,10 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         """Gene columns of the partners' counts the module needs (``None``: all genes)."""
         return None
 
-    def _partner_keys(self) -> tuple[str, ...]:
-        """Further registry keys whose rows of each partner the module needs in the minibatch."""
-        return ()
+    @property
+    def predictable_targets(self) -> list[str]:
+        """Targets whose effect the model learned and can predict (alone or combined); default: every design column."""
+        return list(self.design_columns)
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -199,8 +200,6 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
         if self.has_partners:
             datasplitter_kwargs.setdefault("partner_columns", self._partner_columns())
-            if self._partner_keys():
-                datasplitter_kwargs.setdefault("partner_keys", self._partner_keys())
         held_out = ~self.training_mask()
         if "external_indexing" in datasplitter_kwargs:
             used = np.concatenate([np.asarray(i, dtype=np.int64) for i in datasplitter_kwargs["external_indexing"][:2]])
@@ -292,12 +291,15 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         """The model's GRN: a :class:`~pertgrn._grn_store.NodeGRN` or :class:`~pertgrn._grn_store.LatentGRN`."""
         raise NotImplementedError  # pragma: no cover - every model implements it
 
-    def _result_extras(self) -> dict[str, Any]:
-        """What the model writes beyond the common results (see :func:`~pertgrn.models._base.write_results`).
+    #: whether :meth:`get_loadings` gives gene loadings of the latents (written to ``varm`` by ``tl.fit_*``)
+    has_loadings: ClassVar[bool] = False
 
-        ``"varm"``: an ``n_vars × n_latent`` array of gene loadings of the latents (written to
-        ``varm["<key>_loadings"]``); ``"uns"``: further h5ad-writable entries of ``uns[key]``.
-        """
+    def get_loadings(self) -> pd.DataFrame:
+        """Gene loadings of the latent factors, genes × latents (models with ``has_loadings``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no gene loadings of its latents.")
+
+    def _uns_extra(self) -> dict[str, Any]:
+        """Further small, h5ad-writable entries of ``uns[key_added]`` that ``tl.fit_*`` writes (default: none)."""
         return {}
 
     # ------------------------------------------------------------------------------------------

@@ -16,31 +16,129 @@ Keys added to each minibatch (``B`` cells, ``k`` partner slots):
 
 ``partner_<registry key>``
     ``B × k × …`` rows of further registered per-cell fields of each partner, for the registry
-    keys a model asks for (e.g. a model that needs its controls' TF-community activities); zeros
+    keys a model asks for (``partner_keys``; e.g. its controls' TF-community activities); zeros
     in empty slots.
 
 ``partner_weight`` (``B × k``, 0 in empty slots) comes from the registry with the indices.
 Every tensor keeps the cells on its first axis, as Lightning expects of a batch.
+
+Two options serve models whose losses compare a condition's cells as a population (MMD):
+
+- ``group_by_condition=True``: every minibatch holds cells of **one** condition
+  (:class:`ConditionBatchSampler`), in a new random order every epoch, as the discrepancy-VAE and
+  SENA samplers do;
+- ``random_partners=True``: each perturbed cell gets one control partner drawn uniformly (with
+  replacement) from the *training* controls every time its minibatch is loaded, instead of its
+  OT partners: the random-pairing baseline the OT papers compare against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from scvi import REGISTRY_KEYS
+from scipy import sparse
+from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data._utils import registry_key_to_default_dtype
 from scvi.dataloaders import AnnDataLoader, DataSplitter
-from torch.utils.data import default_convert
+from torch.utils.data import Sampler, default_convert
 
-from pertgrn.models._base._fields import PARTNER_INDEX_KEY
+from pertgrn.models._base._fields import CONDITION_REGISTRY_KEY, DESIGN_KEY, PARTNER_INDEX_KEY, PARTNER_WEIGHT_KEY
 
 PARTNER_X_KEY = "partner_x"
 PARTNER_LIBRARY_KEY = "partner_library"
 
 
+# ------------------------------------------------------------------------------------------------
+# one condition per minibatch
+# ------------------------------------------------------------------------------------------------
+class ConditionBatchSampler(Sampler[list[int]]):
+    """Minibatches of positions that each hold cells of a single condition.
+
+    The cells of every condition are cut into ``ceil(n / batch_size)`` chunks of near-equal size
+    (sizes differ by at most one, none exceeds ``batch_size``), so a condition of 300 cells with
+    ``batch_size=256`` gives two batches of 150 rather than 256 + 44. Chunks smaller than
+    ``min_batch_size`` (only possible for conditions with fewer cells) are left out. With
+    ``shuffle=True`` the cells within each condition and the order of the batches are drawn anew
+    at every pass (epoch) from a generator seeded once, so a run is reproducible.
+
+    Parameters
+    ----------
+    conditions
+        Integer condition code of every position of the dataset; negative codes are never sampled
+        (e.g. control cells, or cells without a partner).
+    batch_size
+        Largest number of cells in a batch.
+    shuffle
+        Shuffle cells and batches at every pass; ``False`` yields batches in condition order.
+    min_batch_size
+        Smallest batch kept (an MMD between one cell and another says little, and batch
+        normalisation needs two).
+    seed
+        Seed of the shuffling; ``None`` uses :attr:`scvi.settings.seed`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pertgrn.models._base import ConditionBatchSampler
+    >>> sampler = ConditionBatchSampler(np.array([0, 1, 0, 1, -1, 0]), batch_size=2, shuffle=False)
+    >>> [sorted(b) for b in sampler]
+    [[0, 2], [1, 3]]
+    """
+
+    def __init__(
+        self,
+        conditions: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        min_batch_size: int = 2,
+        seed: int | None = None,
+    ):
+        conditions = np.asarray(conditions).reshape(-1)
+        if not np.issubdtype(conditions.dtype, np.integer):
+            raise TypeError(f"`conditions` must hold integer codes, found dtype {conditions.dtype}.")
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, found {batch_size!r}.")
+        if isinstance(min_batch_size, bool) or not 1 <= int(min_batch_size) <= int(batch_size):
+            raise ValueError(f"`min_batch_size` must lie in [1, batch_size={batch_size}], found {min_batch_size!r}.")
+        self.batch_size, self.min_batch_size, self.shuffle = int(batch_size), int(min_batch_size), bool(shuffle)
+        order = np.argsort(conditions, kind="stable")
+        codes = conditions[order]
+        keep = codes >= 0
+        order, codes = order[keep], codes[keep]
+        bounds = np.flatnonzero(np.diff(codes)) + 1
+        self.groups = [g.astype(np.int64) for g in np.split(order, bounds)] if order.size else []
+        self._rng = np.random.default_rng(settings.seed if seed is None else seed)
+
+    def _chunks(self, members: np.ndarray) -> list[np.ndarray]:
+        n_chunks = -(-members.size // self.batch_size)
+        return [c for c in np.array_split(members, n_chunks) if c.size >= self.min_batch_size]
+
+    def batches(self) -> list[np.ndarray]:
+        """The batches of one pass (advances the shuffling generator when ``shuffle``)."""
+        batches = []
+        for members in self.groups:
+            if self.shuffle:
+                members = self._rng.permutation(members)
+            batches.extend(self._chunks(members))
+        if self.shuffle and batches:
+            batches = [batches[i] for i in self._rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return sum(len(self._chunks(members)) for members in self.groups)
+
+
+# ------------------------------------------------------------------------------------------------
+# partners in the batch
+# ------------------------------------------------------------------------------------------------
 class AttachPartners:
     """Collate function: adds the counts of each cell's partners to a minibatch dictionary.
 
@@ -50,21 +148,47 @@ class AttachPartners:
         Manager of the registered AnnData (its counts are read by global cell index).
     columns
         Gene columns of ``partner_x``; ``None`` keeps all genes.
+    random_partners
+        Global indices of the control cells to draw partners from; when given, every perturbed
+        cell (non-empty design row) of a batch gets one partner drawn uniformly with replacement
+        each time the batch is built, and the partner field (if any) is ignored.
+    seed
+        Seed of those draws; ``None`` uses :attr:`scvi.settings.seed`.
     keys
         Further registry keys whose rows of each partner are attached as ``partner_<key>``.
     """
 
-    def __init__(self, adata_manager: AnnDataManager, columns: Sequence[int] | None = None, keys: Sequence[str] = ()):
+    def __init__(
+        self,
+        adata_manager: AnnDataManager,
+        columns: Sequence[int] | None = None,
+        *,
+        random_partners: np.ndarray | None = None,
+        seed: int | None = None,
+        keys: Sequence[str] = (),
+    ):
         self.counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
-        self.fields = {}
-        for key in keys:
-            values = adata_manager.get_from_registry(key)
-            values = values.to_numpy() if hasattr(values, "to_numpy") else values
-            self.fields[key] = np.asarray(values.toarray() if hasattr(values, "toarray") else values, np.float32)
+        self.fields = {key: _registry_array(adata_manager, key).astype(np.float32) for key in keys}
+        self.random_partners = None if random_partners is None else np.asarray(random_partners, dtype=np.int64)
+        if self.random_partners is not None and self.random_partners.size == 0:
+            raise ValueError("`random_partners` is empty: there are no (training) control cells to pair with.")
+        self._rng = np.random.default_rng(settings.seed if seed is None else seed)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def _draw_partners(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        design = np.asarray(batch[DESIGN_KEY])
+        perturbed = design.reshape(design.shape[0], -1).sum(axis=1) > 0
+        index = np.full((design.shape[0], 1), -1, dtype=np.int64)
+        index[perturbed, 0] = self._rng.choice(self.random_partners, size=int(perturbed.sum()), replace=True)
+        return index, (index >= 0).astype(np.float32)
+
+    def __call__(self, batch: dict[str, np.ndarray] | list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         """Attach ``partner_x`` and ``partner_library``, then convert every array to a tensor."""
+        if isinstance(batch, list):  # a batch sampler's batch comes wrapped in a list of one
+            (batch,) = batch
+        batch = dict(batch)
+        if self.random_partners is not None:
+            batch[PARTNER_INDEX_KEY], batch[PARTNER_WEIGHT_KEY] = self._draw_partners(batch)
         index = np.asarray(batch[PARTNER_INDEX_KEY]).astype(np.int64)
         valid = index >= 0
         unique, slots = np.unique(index[valid], return_inverse=True)
@@ -78,7 +202,6 @@ class AttachPartners:
         partner_library = np.zeros(index.shape, dtype=np.float32)
         partner_x[valid] = rows[slots]
         partner_library[valid] = library[slots]
-        batch = dict(batch)
         batch[PARTNER_X_KEY] = partner_x
         batch[PARTNER_LIBRARY_KEY] = partner_library
         for key, values in self.fields.items():
@@ -89,19 +212,44 @@ class AttachPartners:
         return default_convert(batch)
 
 
+def _registry_array(adata_manager: AnnDataManager, key: str) -> np.ndarray:
+    values = adata_manager.get_from_registry(key)
+    values = values.toarray() if sparse.issparse(values) else np.asarray(values)
+    return values
+
+
+def control_cells(adata_manager: AnnDataManager, indices: np.ndarray | None = None) -> np.ndarray:
+    """Global indices (among ``indices``, default all cells) of the cells with an empty design row: the controls."""
+    design = sparse.csr_matrix(adata_manager.get_from_registry(DESIGN_KEY))
+    indices = np.arange(design.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
+    empty = np.diff(design.indptr)[indices] == 0
+    return indices[empty]
+
+
 class PairedAnnDataLoader(AnnDataLoader):
     """:class:`~scvi.dataloaders.AnnDataLoader` whose minibatches carry each cell's control partners.
 
     Parameters
     ----------
     adata_manager
-        Manager of an AnnData registered with a partner field.
+        Manager of an AnnData registered with a partner field (or, with ``random_partners``, with a
+        design field only).
     partner_columns
         Gene columns of the partners' counts to load (``None``: all genes).
+    group_by_condition
+        Minibatches hold cells of one condition (:class:`ConditionBatchSampler`); only cells with
+        a partner (with ``random_partners``: perturbed cells) enter a batch. ``shuffle`` then
+        shuffles cells and batches every epoch and ``drop_last`` is ignored (the sampler keeps
+        chunks of at least ``min_batch_size`` cells).
+    min_batch_size
+        Smallest condition batch kept (with ``group_by_condition``).
+    random_partners
+        Global indices of the control cells partners are drawn from (random pairing); ``None``
+        uses the OT partners of the partner field.
     partner_keys
         Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
     **kwargs
-        Arguments of :class:`~scvi.dataloaders.AnnDataLoader`.
+        Arguments of :class:`~scvi.dataloaders.AnnDataLoader` (``indices``, ``batch_size``, ``shuffle``, …).
     """
 
     def __init__(
@@ -109,18 +257,42 @@ class PairedAnnDataLoader(AnnDataLoader):
         adata_manager: AnnDataManager,
         *,
         partner_columns: Sequence[int] | None = None,
+        group_by_condition: bool = False,
+        min_batch_size: int = 2,
+        random_partners: np.ndarray | None = None,
         partner_keys: Sequence[str] = (),
         **kwargs,
     ):
-        if PARTNER_INDEX_KEY not in adata_manager.data_registry:
+        registry = adata_manager.data_registry
+        if random_partners is None and PARTNER_INDEX_KEY not in registry:
             raise KeyError("The AnnData was set up without OT partners; the paired loader needs them.")
         if kwargs.get("data_and_attributes") is None:
             # partner indices are integers: load them as such, everything else with scvi-tools' default
             kwargs["data_and_attributes"] = {
-                key: (np.int64 if key == PARTNER_INDEX_KEY else registry_key_to_default_dtype(key))
-                for key in adata_manager.data_registry
+                key: (np.int64 if key == PARTNER_INDEX_KEY else registry_key_to_default_dtype(key)) for key in registry
             }
-        kwargs["collate_fn"] = AttachPartners(adata_manager, partner_columns, partner_keys)
+        if group_by_condition:
+            if CONDITION_REGISTRY_KEY not in registry:
+                raise KeyError("Grouping minibatches by condition needs the condition field in the registry.")
+            indices = kwargs.get("indices")
+            indices = np.arange(adata_manager.adata.n_obs) if indices is None else np.asarray(indices)
+            if indices.dtype == bool:
+                indices = np.flatnonzero(indices)
+            codes = _registry_array(adata_manager, CONDITION_REGISTRY_KEY).reshape(-1).astype(np.int64)[indices]
+            if random_partners is None:
+                eligible = _registry_array(adata_manager, PARTNER_INDEX_KEY)[indices, 0] >= 0
+            else:
+                eligible = ~np.isin(indices, control_cells(adata_manager, indices))
+            kwargs["sampler"] = ConditionBatchSampler(
+                np.where(eligible, codes, -1),
+                kwargs.pop("batch_size", 128),
+                shuffle=kwargs.pop("shuffle", False),
+                min_batch_size=min_batch_size,
+            )
+            kwargs.pop("drop_last", None)
+        kwargs["collate_fn"] = AttachPartners(
+            adata_manager, partner_columns, random_partners=random_partners, keys=partner_keys
+        )
         super().__init__(adata_manager, **kwargs)
 
 
@@ -133,9 +305,17 @@ class PairedDataSplitter(DataSplitter):
     Parameters
     ----------
     adata_manager
-        Manager of an AnnData registered with a partner field.
+        Manager of an AnnData registered with a partner field (or a design field, for ``random_partners``).
     partner_columns
         Gene columns of the partners' counts to load (``None``: all genes).
+    group_by_condition
+        Every minibatch holds cells of one condition (see :class:`PairedAnnDataLoader`).
+    min_batch_size
+        Smallest condition batch kept.
+    random_partners
+        Pair each perturbed cell with a control drawn uniformly from the **training** controls
+        (the cells of the training split with an empty design row), anew every time its batch is
+        built, instead of its OT partners; validation batches draw from the same training controls.
     partner_keys
         Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
     **kwargs
@@ -149,7 +329,36 @@ class PairedDataSplitter(DataSplitter):
         adata_manager: AnnDataManager,
         *,
         partner_columns: Sequence[int] | None = None,
+        group_by_condition: bool = False,
+        min_batch_size: int = 2,
+        random_partners: bool = False,
         partner_keys: Sequence[str] = (),
         **kwargs,
     ):
-        super().__init__(adata_manager, partner_columns=partner_columns, partner_keys=tuple(partner_keys), **kwargs)
+        if group_by_condition:
+            # condition batches are not cut from one stream of cells: scvi's warning about a small
+            # last batch does not apply, and the sampler ignores drop_last
+            kwargs.setdefault("drop_last", True)
+        super().__init__(
+            adata_manager,
+            partner_columns=partner_columns,
+            group_by_condition=group_by_condition,
+            min_batch_size=min_batch_size,
+            partner_keys=tuple(partner_keys),
+            **kwargs,
+        )
+        self.random_partners = bool(random_partners)
+
+    def setup(self, stage: str | None = None):
+        """Split the indices; with random partners, collect the training controls to draw from."""
+        super().setup(stage)
+        if self.random_partners:
+            pool = control_cells(self.adata_manager, np.asarray(self.train_idx, dtype=np.int64))
+            if pool.size == 0:
+                raise ValueError("The training split holds no control cells to draw random partners from.")
+            self.data_loader_kwargs["random_partners"] = pool
+
+    def val_dataloader(self):
+        """The validation loader; an empty list when it would hold no batch (e.g. no paired validation cell)."""
+        loader = super().val_dataloader()
+        return loader if loader is not None and len(loader) > 0 else []

@@ -1,4 +1,4 @@
-"""Fields of the gCRL VAEs: random control partners and the TF-community activities with their communities."""
+"""The activity field of the gCRL VAEs: TF-community activities, with their communities in the registry."""
 
 from __future__ import annotations
 
@@ -8,65 +8,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from pertgrn._constants import CONDITION_KEY
-from pertgrn._design import PerturbationDesign
 from pertgrn._utils import logger
-from pertgrn.models._base import PARTNER_INDEX_KEY, PARTNER_WEIGHT_KEY, DerivedObsmField
+from pertgrn.models._base import DerivedObsmField
 from pertgrn.models._gcrlvae._module import ACTIVITY_KEY
 
-PARTNER_INDEX_OBSM_KEY = "_pertgrn_partner_index"
-PARTNER_WEIGHT_OBSM_KEY = "_pertgrn_partner_weight"
 ACTIVITY_OBSM_KEY = "_pertgrn_tf_activity"
-
-
-# ------------------------------------------------------------------------------------------------
-# random control partners (the reference's pairing)
-# ------------------------------------------------------------------------------------------------
-def random_partners(adata: AnnData, state: Mapping) -> np.ndarray:
-    """One random control partner per perturbed cell, drawn with replacement (``-1`` for controls).
-
-    Partners are the control cells that may train: held-out cells (``state["test_key"]``) never
-    are. The draw depends only on ``state["seed"]`` and the cells' labels, so the same screen
-    gives the same pairs. Without any allowed control (e.g. new cells to embed), every cell is
-    left without a partner.
-    """
-    design = PerturbationDesign.from_adata(adata)
-    is_control = np.asarray(adata.obs[CONDITION_KEY] == design.control)
-    allowed = is_control.copy()
-    test_key = state.get("test_key") or None
-    if test_key is not None and test_key in adata.obs:
-        allowed &= ~adata.obs[test_key].to_numpy(dtype=bool)
-    index = np.full((adata.n_obs, 1), -1, dtype=np.int32)
-    pool = np.flatnonzero(allowed)
-    if pool.size:
-        rng = np.random.default_rng(int(state["seed"]))
-        perturbed = np.flatnonzero(~is_control)
-        index[perturbed, 0] = pool[rng.integers(pool.size, size=perturbed.size)]
-    return index
-
-
-def random_partner_fields(adata: AnnData, *, test_key: str | None, seed: int) -> list[DerivedObsmField]:
-    """Partner index and weight fields of the random control pairing (computed now, so errors come first)."""
-    state = {"pairing": "random", "seed": int(seed), "test_key": test_key or ""}
-    index = random_partners(adata, state)
-    return [
-        DerivedObsmField(
-            PARTNER_INDEX_KEY,
-            PARTNER_INDEX_OBSM_KEY,
-            compute=random_partners,
-            columns=["0"],
-            precomputed=index,
-            extra_state=state,
-        ),
-        DerivedObsmField(
-            PARTNER_WEIGHT_KEY,
-            PARTNER_WEIGHT_OBSM_KEY,
-            compute=lambda a, s: (random_partners(a, s) >= 0).astype(np.float32),
-            columns=["0"],
-            precomputed=(index >= 0).astype(np.float32),
-            extra_state=state,
-        ),
-    ]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.dataloaders import DataSplitter
 
 from pertgrn._constants import CONDITION_KEY
 from pertgrn._design import PerturbationDesign
@@ -24,6 +25,7 @@ from pertgrn.models._base import (
     CONDITION_REGISTRY_KEY,
     DESIGN_KEY,
     PARTNER_INDEX_KEY,
+    PairedDataSplitter,
     PerturbationModel,
     check_bool_column,
     design_field,
@@ -34,7 +36,6 @@ from pertgrn.models._gcrlvae._fields import (
     activity_field,
     check_activity,
     community_record,
-    random_partner_fields,
 )
 from pertgrn.models._gcrlvae._module import ACTIVITY_KEY, ROUTINGS, GCRLVAEModule, log_normalise
 from pertgrn.models._gcrlvae._trainingplan import GCRLVAETrainingPlan
@@ -202,10 +203,14 @@ class GCRLVAE(PerturbationModel):
     - **Gene space (R13).** The output genes are the AnnData's genes (subset it to the GRN genes or
       highly variable genes first, as the paper's 1,642 GRN genes); expression is
       ``log(1 + 10^4 · counts / library)`` computed in the module from raw counts.
-    - **Controls.** Every perturbed training cell gets one random training control as its partner,
-      drawn once at set-up with a seed (the reference's pairing), or its heaviest OT partner with
-      ``pairing_key``. Control cells are partners only: they are not minibatch cells, as in the
-      reference. Held-out cells are never partners.
+    - **Controls.** Each perturbed cell is paired with a control drawn uniformly from the training
+      controls every time its minibatch is built (pertgrn's shared random pairing; the reference
+      draws one partner per cell once), or with its heaviest OT partner with ``pairing_key``.
+      Control cells are partners only, never minibatch cells, as in the reference; held-out cells
+      are never partners.
+    - **Minibatches.** One condition per minibatch, as in the reference, from the shared
+      :class:`~pertgrn.models._base.ConditionBatchSampler`: a condition is cut into near-equal
+      chunks of at most ``batch_size`` cells instead of full batches with the remainder dropped.
     - **Centroid loss.** Computed per condition of the minibatch, then averaged, so it is the
       paper's term with the reference's one-condition minibatches and stays a centroid loss with
       mixed minibatches.
@@ -236,6 +241,7 @@ class GCRLVAE(PerturbationModel):
     _module_cls = GCRLVAEModule
     _training_plan_cls = GCRLVAETrainingPlan
     grn_level = "latent"
+    has_loadings = True
     #: the reference: minibatches of 32 cells, Adam at 1e-3, every epoch logged
     _train_defaults = {
         "batch_size": 32,
@@ -429,7 +435,6 @@ class GCRLVAE(PerturbationModel):
         activity_key: str | None = "X_tf_activity",
         communities_key: str = "tf_communities",
         pairing_key: str | None = None,
-        pairing_seed: int = 0,
         test_key: str | None = None,
         **kwargs,
     ) -> None:
@@ -453,10 +458,8 @@ class GCRLVAE(PerturbationModel):
             ``uns`` key of :func:`pertgrn.pp.tf_communities` (kept in the registry, so a saved
             model knows its communities).
         pairing_key
-            ``None`` pairs each perturbed cell with a random control (the reference); an ``obsp``
-            key of :func:`pertgrn.pp.ot_pairing` uses each cell's heaviest OT partner instead.
-        pairing_seed
-            Seed of the random pairing.
+            ``None`` pairs each perturbed cell with a random training control (the reference); an
+            ``obsp`` key of :func:`pertgrn.pp.ot_pairing` uses each cell's heaviest OT partner instead.
         test_key
             Bool ``obs`` column of held-out cells: they are never training, validation or partner
             cells. :func:`pertgrn.tl.fit_gcrlvae` passes its ``test_key`` here.
@@ -470,8 +473,8 @@ class GCRLVAE(PerturbationModel):
         ``obsm["_pertgrn_design"]``
             CSR ``n_obs × T`` multi-hot design over the perturbation targets.
         ``obsm["_pertgrn_partner_index"]``, ``obsm["_pertgrn_partner_weight"]``
-            ``n_obs × 1`` int32 control partner of each perturbed cell (``-1`` for controls) and its
-            weight (1, or 0 without partner).
+            ``n_obs × 1`` int32 heaviest OT partner of each perturbed cell (``-1`` where there is
+            none) and its weight; only with ``pairing_key``.
         ``obsm["_pertgrn_tf_activity"]``
             ``n_obs × (K + 1)`` float32 copy of the activities (with ``activity_key``).
         ``obs["_scvi_condition"]``
@@ -485,14 +488,14 @@ class GCRLVAE(PerturbationModel):
         design = PerturbationDesign.from_adata(adata)
         if test_key is not None and test_key in adata.obs:
             check_bool_column(adata.obs[test_key], f"adata.obs[{test_key!r}]")
-        if isinstance(pairing_seed, bool) or not isinstance(pairing_seed, numbers.Integral):
-            raise TypeError(f"`pairing_seed` must be an integer, found {pairing_seed!r}.")
         transfer = source_registry is not None
         if transfer:
             registries = source_registry["field_registries"]
             targets = [str(t) for t in registries[DESIGN_KEY]["state_registry"]["column_names"]]
             if not registries.get(ACTIVITY_KEY, {}).get("data_registry"):
                 activity_key = None
+            if not registries.get(PARTNER_INDEX_KEY, {}).get("data_registry"):
+                pairing_key = None
         else:
             targets = list(design.targets)
             if not targets:
@@ -506,9 +509,7 @@ class GCRLVAE(PerturbationModel):
             fields.append(
                 activity_field(adata, activity_key=activity_key, communities_key=communities_key, transfer=transfer)
             )
-        if pairing_key is None:
-            fields += random_partner_fields(adata, test_key=test_key, seed=int(pairing_seed))
-        else:
+        if pairing_key is not None:
             fields += partner_fields(
                 adata, pairing_key=pairing_key, max_partners=1, test_key=test_key, transfer=transfer
             )
@@ -523,41 +524,9 @@ class GCRLVAE(PerturbationModel):
         """The paper's 100 epochs."""
         return 100
 
-    def _partner_keys(self) -> tuple[str, ...]:
-        """The alignment loss needs the activities of each cell's control partner."""
-        return (ACTIVITY_KEY,) if self.has_activity else ()
-
-    def _trainable_cells(self) -> np.ndarray:
-        """Perturbed training cells with a control partner: the cells of the minibatches."""
-        manager = self.adata_manager
-        design = sparse.csr_matrix(manager.get_from_registry(DESIGN_KEY))
-        perturbed = np.asarray(design.sum(1)).ravel() > 0
-        partner = np.asarray(manager.get_from_registry(PARTNER_INDEX_KEY))[:, 0] >= 0
-        return self.training_mask() & perturbed & partner
-
-    def _split_indices(
-        self, train_size: float | None, validation_size: float | None, shuffle: bool
-    ) -> list[np.ndarray]:
-        """Training / validation indices among the perturbed training cells; every other cell in the test set."""
-        from scvi import settings
-
-        cells = np.flatnonzero(self._trainable_cells())
-        if cells.size == 0:
-            raise ValueError("No perturbed training cell has a control partner: nothing to train on.")
-        rest = np.flatnonzero(~self._trainable_cells())
-        train_size = 1.0 if train_size is None else float(train_size)
-        validation_size = 1.0 - train_size if validation_size is None else float(validation_size)
-        if not (0 < train_size <= 1 and 0 <= validation_size and train_size + validation_size <= 1 + 1e-9):
-            raise ValueError(
-                f"`train_size` ({train_size}) and `validation_size` ({validation_size}) must be fractions "
-                "of the training cells that sum to at most 1."
-            )
-        if shuffle:
-            cells = np.random.default_rng(settings.seed).permutation(cells)
-        n_val = int(np.ceil(validation_size * cells.size)) if validation_size > 0 else 0
-        n_train = int(np.floor(train_size * cells.size))
-        validation, training, unused = cells[:n_val], cells[n_val : n_val + n_train], cells[n_val + n_train :]
-        return [np.sort(training), np.sort(validation), np.sort(np.concatenate([rest, unused]))]
+    @property
+    def _data_splitter_cls(self) -> type[DataSplitter]:  # read by UnsupervisedTrainingMixin.train
+        return PairedDataSplitter
 
     def train(
         self,
@@ -573,10 +542,12 @@ class GCRLVAE(PerturbationModel):
     ) -> None:
         """Train the model (GPU when present, CPU otherwise) through scvi-tools' training loop.
 
-        Defaults are the paper's (appendix A.6): 100 epochs, minibatches of 32 perturbed cells,
-        Adam at ``lr = 1e-3``, every perturbed training cell used for training (no validation
-        split), the last epoch kept. Only perturbed cells with a control partner are minibatch
-        cells; cells held out at set-up (``test_key``) are never used.
+        Defaults are the paper's (appendix A.6): 100 epochs, minibatches of at most 32 perturbed
+        cells of one condition (:class:`~pertgrn.models._base.ConditionBatchSampler`), each with a
+        control partner drawn at random from the training controls whenever its minibatch is built
+        (or its OT partner), Adam at ``lr = 1e-3``, every training cell used for training (no
+        validation split), the last epoch kept. Control cells are partners, never minibatch cells;
+        cells held out at set-up (``test_key``) are never used.
 
         Parameters
         ----------
@@ -585,9 +556,10 @@ class GCRLVAE(PerturbationModel):
         lr
             Adam learning rate (1e-3).
         train_size, validation_size, shuffle_set_split
-            Split of the perturbed training cells (default: all of them train).
+            Split of the training cells (default: all of them train).
         datasplitter_kwargs
-            Further arguments of :class:`~pertgrn.models._base.PairedDataSplitter`.
+            Further arguments of :class:`~pertgrn.models._base.PairedDataSplitter`
+            (``group_by_condition``, ``min_batch_size``, ``random_partners``).
         plan_kwargs
             Arguments of :class:`~pertgrn.models._gcrlvae._trainingplan.GCRLVAETrainingPlan`, over
             the model's ``alpha_max``, ``beta_max``, ``temperature_max`` and ``beta_schedule``.
@@ -605,10 +577,15 @@ class GCRLVAE(PerturbationModel):
         if lr is not None:
             plan_kwargs["lr"] = lr
         datasplitter_kwargs = dict(datasplitter_kwargs or {})
-        indices = self._split_indices(train_size, validation_size, shuffle_set_split)
-        datasplitter_kwargs.setdefault("external_indexing", indices)
-        if indices[1].size:  # validate every epoch, so the history holds both sets
-            kwargs.setdefault("check_val_every_n_epoch", 1)
+        datasplitter_kwargs.setdefault("group_by_condition", True)
+        datasplitter_kwargs.setdefault("random_partners", not self.has_partners)
+        datasplitter_kwargs.setdefault("partner_columns", None)
+        if self.has_activity:
+            datasplitter_kwargs.setdefault("partner_keys", (ACTIVITY_KEY,))
+        if (validation_size is not None and validation_size > 0) or (train_size is not None and train_size < 1):
+            kwargs.setdefault("check_val_every_n_epoch", 1)  # validate every epoch: the history holds both sets
+        else:
+            kwargs.setdefault("limit_val_batches", 0)  # no validation set: Lightning must not ask for one
         super().train(
             max_epochs,
             train_size=train_size,
@@ -848,17 +825,14 @@ class GCRLVAE(PerturbationModel):
         lift = pd.DataFrame(rows, columns=["latent", "gene", "weight"])
         return LatentGRN(latents=names, dag=dag, lift=lift, min_weight=self.grn_min_weight)
 
-    def _result_extras(self) -> dict[str, Any]:
-        """Loadings (``varm``) and the latent ↔ community pairing written by :func:`pertgrn.tl.fit_gcrlvae`."""
-        extras: dict[str, Any] = {
-            "varm": self.get_loadings().to_numpy(),
-            "uns": {
-                "variant": self.variant,
-                "latent_names": self.latent_names,
-                "permutation": self.permutation.astype(np.int64),
-                "trained_singles": list(self.trained_singles),
-            },
+    def _uns_extra(self) -> dict[str, Any]:
+        """Variant, latent ↔ community pairing and its alignment, written by :func:`pertgrn.tl.fit_gcrlvae`."""
+        extra: dict[str, Any] = {
+            "variant": self.variant,
+            "latent_names": self.latent_names,
+            "permutation": self.permutation.astype(np.int64),
+            "trained_singles": list(self.trained_singles),
         }
         if self.has_activity and self.module.target_community is not None:
-            extras["uns"]["alignment"] = self.get_alignment()
-        return extras
+            extra["alignment"] = self.get_alignment()
+        return extra
