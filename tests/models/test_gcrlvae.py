@@ -344,8 +344,10 @@ def test_fit_writes_the_latent_record_and_predicts_unseen_doubles(screen, tmp_pa
     double = next(c for c in adata.obs["pertgrn_condition"].cat.categories if "+" in c)
     pred = model.predict(perturbations=["control", double], n_cells=8)
     np.testing.assert_allclose(pred.X.sum(1), 1e4, rtol=1e-4)
-    logs = model.get_log_expression(["control", double], n_cells=16)
-    assert logs.shape == (2, adata.n_vars) and np.isfinite(logs.to_numpy()).all()
+    logs = model.predict_log_normalized(perturbations=["control", double], n_cells=16)
+    assert logs.shape == (32, adata.n_vars) and np.isfinite(logs.X).all()
+    ten = model.predict_log_normalized(perturbations=[double], n_cells=16, target_sum=1e5)
+    assert (ten.X >= logs[logs.obs["perturbation"] == double].X - 1e-6).all()  # a larger library raises every gene
     adata.write_h5ad(tmp_path / "gcrl.h5ad")
     back = anndata.read_h5ad(tmp_path / "gcrl.h5ad")
     pd.testing.assert_frame_equal(pd.DataFrame(back.uns["gcrlvae"]["lift"]), lift)

@@ -696,40 +696,66 @@ class GCRLVAE(PerturbationModel):
     def _sample_counts(self, mean: torch.Tensor) -> torch.Tensor:
         return torch.poisson(mean)
 
-    def get_log_expression(
-        self, perturbations: Sequence[str] | str, *, adata: AnnData | None = None, n_cells: int = 100, seed: int = 0
-    ) -> pd.DataFrame:
-        """Mean predicted ``log(1 + 10^4 · counts / library)`` of each perturbation: the model's own output space.
+    def predict_log_normalized(
+        self,
+        adata: AnnData | None = None,
+        *,
+        perturbations: Sequence[str] | str,
+        n_cells: int = 100,
+        target_sum: float = 1e4,
+        batch_size: int = 1024,
+        seed: int | None = 0,
+    ) -> AnnData:
+        """Predicted cells in log-normalised units: the decoder's output, the space the paper's AECD is computed in.
+
+        The decoder is trained on ``log(1 + 10^4 · counts / library)``; with ``target_sum=1e4`` its
+        output is returned as it is (negative values of the LeakyReLU output included), otherwise it
+        is rescaled, ``log(1 + expm1(max(ŷ, 0)) · T / 10^4)``. Unlike :meth:`predict`, nothing is
+        renormalised to a library size: an MSE decoder in log space predicts ``E[log(1 + x)]``, whose
+        ``expm1`` does not sum to the library size, and renormalising would shift every gene.
 
         Parameters
         ----------
+        adata
+            Source of control cells (``None``: the model's training controls).
         perturbations
             Labels as in :meth:`predict`.
-        adata
-            Source of control cells as in :meth:`predict`.
         n_cells
-            Sampled control latents averaged over (the same for every perturbation).
+            Cells generated per perturbation (the same sampled control latents for each).
+        target_sum
+            ``T``.
+        batch_size
+            Cells decoded at once.
         seed
-            Seed of the draws.
+            Seed of every random draw (``None``: the global state).
 
         Returns
         -------
-        :class:`pandas.DataFrame`, perturbations × genes: the predicted centroids, comparable with the
-        mean of ``log1p(normalize_total(target_sum=1e4))`` of observed cells.
+        AnnData of ``len(perturbations) · n_cells`` cells × genes, float32 log-normalised expression
+        in ``X`` and ``obs["perturbation"]`` as :meth:`predict`'s.
         """
-        self._check_generation_args(n_cells, 1.0, 1)
+        self._check_generation_args(n_cells, target_sum, batch_size)
         labels, design = self._parse_perturbations(perturbations)
+        out = np.empty((len(labels) * n_cells, self.adata.n_vars), dtype=np.float32)
         with self._seeded(seed), torch.inference_mode():
             basal = self._basal_states(adata, int(n_cells))
             design_t = torch.as_tensor(design, device=self.module.device)
-            rows = [
-                self.module.predict_expression(design_t[[i]].expand(n_cells, -1), basal).mean(0)
-                for i in range(len(labels))
-            ]
-        table = pd.DataFrame(
-            torch.stack(rows).cpu().numpy(), index=pd.Index(labels, name="perturbation"), columns=self.adata.var_names
+            self.module.eval()
+            for start in range(0, out.shape[0], int(batch_size)):
+                flat = np.arange(start, min(start + int(batch_size), out.shape[0]))
+                rows = torch.as_tensor(flat // n_cells, device=self.module.device)
+                cells = torch.as_tensor(flat % n_cells, device=self.module.device)
+                values = self.module.predict_expression(design_t[rows].to(basal.dtype), basal[cells])
+                if float(target_sum) != self.module.target_sum:
+                    values = torch.log1p(
+                        torch.expm1(values.clamp_min(0.0)) * (float(target_sum) / self.module.target_sum)
+                    )
+                out[flat] = values.cpu().numpy()
+        obs = pd.DataFrame(
+            {"perturbation": pd.Categorical(np.repeat(labels, n_cells), categories=labels)},
+            index=pd.Index([f"{label}_{i}" for label in labels for i in range(n_cells)]),
         )
-        return table
+        return AnnData(X=out, obs=obs, var=pd.DataFrame(index=pd.Index(self.adata.var_names.astype(str))))
 
     def get_loadings(self, adata: AnnData | None = None, n_cells: int = 256, seed: int = 0) -> pd.DataFrame:
         """Gene loadings of the latents: the decoder's Jacobian ``∂ dec(u) / ∂ u`` averaged over control cells.

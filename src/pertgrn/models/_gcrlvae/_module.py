@@ -101,6 +101,8 @@ class GCRLVAEModule(BaseModuleClass):
             raise ValueError(f"routing={routing!r} routes targets through their communities; none were given.")
         self.n_genes = int(n_genes)
         self.n_targets = int(n_targets)
+        #: library size behind the log-normalised expression (read by ``tl.distribution_distances``)
+        self.target_sum = TARGET_SUM
         self.n_latent = int(n_latent)
         self.routing = routing
         self.alignment_weight = float(alignment_weight)
