@@ -286,8 +286,10 @@ def align_latents(
     ``uns[base]``
         ``A`` (``k × d``), ``tmex_fit`` (T-MEX on the fit cells: the optimum), ``tmex`` (on all
         cells), ``tmex_held_out`` (on the other cells; NaN when there are none),
-        ``partial_correlations`` (DataFrame per activity column: ``fit``, ``all``; signed, so
-        ``|ρ|`` for the orthogonal solver is their absolute value), ``params`` and ``keys``.
+        ``partial_correlations`` (DataFrame per activity column, named as in
+        :func:`pertgrn.pp.tf_activity`'s record when there is one, else ``column_<i>``: ``fit``,
+        ``all``; signed, so ``|ρ|`` for the orthogonal solver is their absolute value), ``params``
+        and ``keys``.
 
     Examples
     --------
@@ -340,14 +342,17 @@ def align_latents(
     rho_held = correlations(A, tmex_forms(z[held_out], tfa[held_out])) if held_out.sum() >= d + 3 else None
     summarise = (lambda r: float(np.abs(r).mean())) if constraint == "orthogonal" else (lambda r: float(r.mean()))
     base = key_added[2:] if key_added.startswith("X_") and len(key_added) > 2 else key_added
+    activity_base = activity_key[2:] if activity_key.startswith("X_") and len(activity_key) > 2 else activity_key
+    record = adata.uns.get(activity_base)
+    names = [f"column_{i}" for i in range(d)]
+    if isinstance(record, Mapping) and len(record.get("columns", ())) == d:
+        names = [str(c) for c in record["columns"]]
     result: dict[str, Any] = {
         "A": A,
         "tmex_fit": summarise(rho_fit),
         "tmex": summarise(rho_all),
         "tmex_held_out": float("nan") if rho_held is None else summarise(rho_held),
-        "partial_correlations": pd.DataFrame(
-            {"fit": rho_fit, "all": rho_all}, index=pd.Index([f"column_{i}" for i in range(d)], name="column")
-        ),
+        "partial_correlations": pd.DataFrame({"fit": rho_fit, "all": rho_all}, index=pd.Index(names, name="column")),
         "params": {
             "latent_key": latent_key,
             "activity_key": activity_key,
