@@ -218,8 +218,13 @@ class GCRLVAE(PerturbationModel):
       L1 penalty is on ``triu(G, 1)`` (the reference), not on decoder weights; the last epoch is
       kept. Training is in float32 (the reference uses float64).
     - **Predictions.** A prediction decodes exogenous latents sampled from ``q(z | x)`` of random
-      (training) control cells, as the reference's inference does; expected normalised
-      expression is ``expm1`` of the decoded log-expression (clipped at 0), renormalised to sum to one.
+      (training) control cells, as the reference's inference does. :meth:`predict_log_normalized`
+      returns the decoder's log-normalised output (what the paper's AECD compares);
+      :meth:`predict` and :meth:`get_ate` need proportions that sum to one, which are ``expm1`` of
+      that output (clipped at 0) renormalised, so their scale is approximate.
+    - **What is written.** The DAG record keeps edges with ``|G_ij| > 0.05`` (``grn_min_weight``);
+      the lift anchors each community latent at its TFs with weight 1; the ``varm`` loadings are
+      the decoder's Jacobian at the training controls' causal latents (the paper defines none).
 
     Examples
     --------
