@@ -16,10 +16,16 @@ from __future__ import annotations
 import torch
 
 
+def _others(d: int, device: torch.device) -> torch.Tensor:
+    """``d × (d − 1)``: row ``i`` lists every column but ``i``."""
+    index = torch.arange(d, device=device).expand(d, d)
+    return index[~torch.eye(d, dtype=torch.bool, device=device)].reshape(d, d - 1)
+
+
 def residualise(values: torch.Tensor, tfa: torch.Tensor, ridge: float = 1e-8) -> torch.Tensor:
     """``d × B`` residuals of ``values[:, i]`` on ``[1, tfa[:, ≠ i]]`` for every ``i`` (both inputs ``B × d``)."""
     n, d = tfa.shape
-    others = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, d)]) for i in range(d)]).to(tfa.device)
+    others = _others(d, tfa.device)
     design = torch.cat([tfa.new_ones(d, n, 1), tfa.T[others].transpose(1, 2)], dim=2)  # d × B × d
     gram = design.transpose(1, 2) @ design
     gram = gram + ridge * torch.eye(d, device=tfa.device, dtype=tfa.dtype) * gram.diagonal(dim1=1, dim2=2).mean(1).view(

@@ -181,11 +181,11 @@ class GCRLVAEModule(BaseModuleClass):
         logits = self.c2(F.leaky_relu(self.c1(eye), 0.2))
         return torch.softmax(logits * self.temperature, dim=1)
 
-    def routing_matrix(self) -> torch.Tensor:
+    def routing_matrix(self, permutation: torch.Tensor | None = None) -> torch.Tensor:
         """``n_targets × d``: the latent direction ``b_g`` each target shifts (before its magnitude ``s_g``)."""
         if self.routing == "soft":
             return self.soft_routing()
-        routed = self.target_community @ self.permutation()
+        routed = self.target_community @ (self.permutation() if permutation is None else permutation)
         all_assigned = bool((self.target_assigned > 0).all())
         if self.routing == "hybrid" or not all_assigned:
             soft = self.soft_routing()
@@ -195,9 +195,9 @@ class GCRLVAEModule(BaseModuleClass):
                 routed = self.target_assigned * routed + (1.0 - self.target_assigned) * soft
         return routed
 
-    def shift(self, design: torch.Tensor) -> torch.Tensor:
+    def shift(self, design: torch.Tensor, permutation: torch.Tensor | None = None) -> torch.Tensor:
         """``Σ_g D_g b_g s_g``: the exogenous shift of each design row (additive over a combination's targets)."""
-        return design @ (self.routing_matrix() * self.c_shift.unsqueeze(1))
+        return design @ (self.routing_matrix(permutation) * self.c_shift.unsqueeze(1))
 
     # ------------------------------------------------------------------------------------------
     # scvi-tools module interface
@@ -223,15 +223,19 @@ class GCRLVAEModule(BaseModuleClass):
 
     @auto_move_data
     def generative(self, z: torch.Tensor, design: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x̂ = dec(z (I − triu G)⁻¹)`` and ``ŷ = dec((z + shift) (I − triu G)⁻¹)``."""
+        """``x̂ = dec(z (I − triu G)⁻¹)`` and ``ŷ = dec((z + shift) (I − triu G)⁻¹)``; ``P`` once per step."""
+        permutation = self.permutation() if self.target_community is not None else None
         x_hat = self.decode(self.causal(z))
-        y_hat = self.decode(self.causal(z + self.shift(design)))
-        return {"x_hat": x_hat, "y_hat": y_hat}
+        y_hat = self.decode(self.causal(z + self.shift(design, permutation)))
+        return {"x_hat": x_hat, "y_hat": y_hat, "permutation": permutation}
 
-    def alignment(self, mu: torch.Tensor, activity: torch.Tensor) -> torch.Tensor:
+    def alignment(
+        self, mu: torch.Tensor, activity: torch.Tensor, permutation: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``T-MEX(TFA P, U)``: community column ``k`` is compared with latent ``π[k]``."""
         latent = self.causal(mu) if self.align_latent == "u" else mu
-        return tmex_torch(latent, activity @ self.permutation())
+        permutation = self.permutation() if permutation is None else permutation
+        return tmex_torch(latent, activity @ permutation)
 
     def loss(
         self,
@@ -264,7 +268,8 @@ class GCRLVAEModule(BaseModuleClass):
             "beta": self.beta.detach().clone(),
         }
         if self.alignment_weight > 0 and PARTNER_ACTIVITY_KEY in tensors:
-            tmex = self.alignment(mu, tensors[PARTNER_ACTIVITY_KEY][:, 0].to(mu.dtype))
+            activity = tensors[PARTNER_ACTIVITY_KEY][:, 0].to(mu.dtype)
+            tmex = self.alignment(mu, activity, generative_outputs.get("permutation"))
             loss = loss + self.alignment_weight * (1.0 - tmex)
             terms["tmex"] = tmex.detach()
         return LossOutput(
