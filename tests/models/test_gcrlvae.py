@@ -402,3 +402,20 @@ def test_targets_outside_communities_fall_back_to_the_global_latent(screen, capl
     assert "routed to the global latent" in caplog.text
     row = model.design_columns.index(target)
     assert model.module.target_community[row].argmax() == model.module.target_community.shape[1] - 1
+
+
+def test_evaluate_reports_aecd_and_tmex(screen):
+    adata = screen.copy()
+    # observed effects need held-out controls beside the held-out doubles
+    control = (adata.obs["perturbation"] == "control").to_numpy()
+    adata.obs["test"] = adata.obs["test"].to_numpy() | (control & (np.arange(adata.n_obs) % 5 == 0))
+    pg.tl.fit_gcrlvae(
+        adata, test_key="test", max_epochs=2, train_kwargs={"batch_size": 16, "enable_progress_bar": False}
+    )
+    table = pg.tl.evaluate(adata, key="gcrlvae", test_key="test", metrics=["aecd", "alignment", "dag"])
+    assert table.loc["tmex", "value"] == pytest.approx(adata.uns["gcrlvae"]["alignment"]["partial_correlation"].mean())
+    observed = pg.get.ate_df(adata, mask=adata.obs["test"].to_numpy())
+    predicted = adata.uns["gcrlvae"]["ate"].loc[observed.index]
+    distance = np.sqrt(((predicted.to_numpy() - observed.loc[:, predicted.columns].to_numpy()) ** 2).sum(1)).mean()
+    assert table.loc["aecd", "value"] == pytest.approx(distance, rel=1e-5)
+    assert table.loc["dag_is_acyclic", "value"] == 1.0
