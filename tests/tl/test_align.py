@@ -120,6 +120,7 @@ def test_permutation_test_prefers_the_true_communities():
     assert result["observed_mean"] > 0.9 and result["observed_sd"] == 0.0  # the closed form needs one fit
     assert result["null"].shape == (30,) and result["null_mean"] < result["observed_mean"]
     assert result["t"] > 0 and result["pvalue"] < 1e-6
+    assert result["pvalue_permutation"] == pytest.approx(1 / 31) and result["n_distinct_permutations"] == 30
     before = adata.copy()
     with pytest.raises(ValueError, match="`n_perm` must be an integer >= 2"):
         pg.tl.community_permutation_test(adata, latent_key="X_latents", n_perm=1)

@@ -489,7 +489,11 @@ def community_permutation_test(
     -------
     ``None``, or the modified copy when ``copy=True``; writes ``uns[key_added]`` with
     ``observed`` (the ``n_fits_observed`` T-MEX values), ``observed_mean``, ``observed_sd``,
-    ``null`` (``n_perm`` values), ``null_mean``, ``null_sd``, ``t``, ``pvalue`` and ``params``.
+    ``null`` (``n_perm`` values), ``null_mean``, ``null_sd``, ``t``, ``pvalue`` (the paper's
+    t-test), ``pvalue_permutation`` (``(1 + #{null ≥ observed}) / (1 + n_perm)``, which stays valid
+    when the permutations repeat), ``n_distinct_permutations`` and ``params``. With few TFs the
+    permutations repeat (6 TFs in 3 pairs form 15 distinct groupings); the t-test then treats
+    copies as independent draws and its p-value overstates the evidence (logged).
 
     Examples
     --------
@@ -552,17 +556,33 @@ def community_permutation_test(
 
     n_observed = 1 if solver == "closed_form" else n_fits_observed
     observed = np.array([score(tfa, [seed + i]) for i in range(n_observed)])
+    from pertgrn.pp._tf_communities import canonical
+
     rng = np.random.default_rng(seed)
     null = np.empty(n_perm)
+    seen: set[bytes] = set()
     for p in progress(range(n_perm), desc="community_permutation_test", unit="permutation"):
         shuffled = labels.copy()
         shuffled[partitioned] = rng.permutation(labels[partitioned])
+        seen.add(canonical(shuffled[partitioned]).tobytes())  # the same grouping under other labels is the same
         activities = np.column_stack([community_activities(Z, shuffled, fit), tfa[:, -1]])
         null[p] = score(
             activities, [seed + 1000 * (p + 1) + f for f in range(1 if solver == "closed_form" else n_fits)]
         )
     observed_mean = float(observed.mean())
     t, pvalue = one_tailed_ttest(null, observed_mean)
+    empirical = (1.0 + float(np.sum(null >= observed_mean))) / (1.0 + n_perm)
+    if len(seen) < n_perm:
+        logger.warning(
+            "community_permutation_test: only %d distinct community assignments among %d permutations (%d TFs in "
+            "%d communities); the null values repeat, so the t-test's p-value overstates the evidence. "
+            "The permutation p-value is %.3g.",
+            len(seen),
+            n_perm,
+            partitioned.size,
+            K,
+            empirical,
+        )
     logger.info(
         "community_permutation_test: T-MEX %.4f (communities) vs %.4f ± %.4f (%d permutations): t = %.2f, p = %.3g",
         observed_mean,
@@ -581,6 +601,8 @@ def community_permutation_test(
         "null_sd": float(null.std(ddof=1)),
         "t": t,
         "pvalue": pvalue,
+        "pvalue_permutation": empirical,
+        "n_distinct_permutations": len(seen),
         "params": {
             "latent_key": latent_key,
             "activity_key": activity_key,
