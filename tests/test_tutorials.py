@@ -17,6 +17,7 @@ NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 FIGURES = {
     "gpovae_papalexi": ("grn_heatmap", "grn_network", "ate_scatter", "metrics"),
     "raptorgraph_norman": ("pairing", "training_history", "latent_dag", "interactions", "enrichment"),
+    "gcrl_norman": ("tf_communities", "training_history", "latent_dag"),
 }
 #: seconds one cell may run in quick mode
 CELL_TIMEOUT = 300

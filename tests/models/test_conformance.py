@@ -110,6 +110,8 @@ def test_grn_export_at_its_level_and_write_back(case, fitted, tmp_path):
         keys["varm"] = f"{case.key}_loadings"
         assert adata.varm[keys["varm"]].shape == (adata.n_vars, case.n_latent)
     assert record["keys"] == keys
+    for slot, key in record["keys"].items():  # further pointers (e.g. varm loadings) point at what was written
+        assert key in getattr(adata, slot), f"uns[{case.key!r}]['keys'] points at a missing {slot}[{key!r}]"
     grn = adata.varp[f"{case.key}_grn"]
     assert sparse.issparse(grn) and grn.shape == (adata.n_vars, adata.n_vars)
     assert grn.nnz < adata.n_vars**2  # only edges that pass the record's rule

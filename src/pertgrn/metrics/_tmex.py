@@ -43,8 +43,11 @@ def tmex(
     - ``given="both"``: C_j = ``z[:, ≠ j]`` and ``tfa[:, ≠ j]`` (the partial correlation of the pair
       given all other variables, i.e. from the precision matrix of ``[z, tfa]``).
 
-    The gCRL text (appendix A.4) could not be consulted when this was written; its conditioning set
-    is one of the three above, selectable with ``given``.
+    gCRL (appendix A.4) defines T-MEX as ``(1/d) Σ_i ρ(Z_i, TFA_i | TFA_{−i})``: the default
+    ``given="activities"``, averaged over the signed partial correlations (``absolute=False``);
+    there a free linear map of the latents can flip any sign, so the optimum is non-negative. This
+    redefines the original T-MEX, a count of conditional-independence test outcomes that disagree
+    with the expected pairing (lower is better), as a score where higher is better.
 
     Parameters
     ----------

@@ -52,10 +52,10 @@ def distribution_distances(
     ``log1p(counts / library · T)``:
 
     ``model``
-        The model's predicted cells (:meth:`predict`, basal states from its training controls):
-        expected counts at library size ``T`` (the papers' protocol: the decoder's output), or
-        counts drawn around them with ``sample=True``, which adds the counting noise observed
-        cells have.
+        The model's predicted cells (basal states from its training controls): its expectation in
+        log-normalised units (``predict_log_normalized``: the papers' protocol, the decoder's
+        output), or counts drawn around it with ``sample=True`` (:meth:`predict`), which adds the
+        counting noise observed cells have.
     ``control``
         Random training control cells: no effect at all, the worst case.
     ``additive``
@@ -181,11 +181,18 @@ def distribution_distances(
         chosen = rng.choice(controls, size=n, replace=n > controls.size)
         control_cells = expression[chosen]
         additive = control_cells + sum(single_effect[t] for t in design.split(label))
-        predicted = model.predict(
-            perturbations=[label], n_cells=n, library_size=target_sum, sample=bool(sample), seed=seed + i
-        )
+        if sample:
+            predicted = model.predict(
+                perturbations=[label], n_cells=n, library_size=target_sum, sample=True, seed=seed + i
+            )
+            model_cells = np.log1p(np.asarray(predicted.X, dtype=np.float64))
+        else:  # the model's expectation in log-normalised units (its decoder's output where it works in them)
+            predicted = model.predict_log_normalized(
+                perturbations=[label], n_cells=n, target_sum=target_sum, seed=seed + i
+            )
+            model_cells = np.asarray(predicted.X, dtype=np.float64)
         samples = {
-            "model": np.log1p(np.asarray(predicted.X, dtype=np.float64)),
+            "model": model_cells,
             "control": control_cells,
             "additive": additive,
             "half_split": expression[first],

@@ -16,27 +16,30 @@ from pertgrn._utils import logger
 from pertgrn.get._ate import ate_df
 from pertgrn.get._grn import grn_df
 
-ATE_METRICS = ("ate_pearson", "ate_r2", "topk_jaccard", "ate_mse")
+ATE_METRICS = ("ate_pearson", "ate_r2", "topk_jaccard", "ate_mse", "aecd")
 GRN_METRICS = ("mean_wasserstein", "false_omission_rate", "n_edges", "grn_auprc", "grn_early_precision")
 #: checks of a latent-level GRN's DAG among latents
 DAG_METRICS = ("dag_is_acyclic", "dag_n_edges")
-METRIC_GROUPS = {"ate": ATE_METRICS, "grn": GRN_METRICS, "dag": DAG_METRICS}
+#: alignment of a model's latents with reference factors (gCRL's TF-community activities)
+ALIGNMENT_METRICS = ("tmex",)
+METRIC_GROUPS = {"ate": ATE_METRICS, "grn": GRN_METRICS, "dag": DAG_METRICS, "alignment": ALIGNMENT_METRICS}
+ALL_METRICS = (*ATE_METRICS, *GRN_METRICS, *DAG_METRICS, *ALIGNMENT_METRICS)
 
 
 def _expand(metrics: Sequence[str] | str | None) -> list[str]:
     if metrics is None:
-        return [*ATE_METRICS, *GRN_METRICS, *DAG_METRICS]
+        return list(ALL_METRICS)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     out: list[str] = []
     for m in metrics:
         if m in METRIC_GROUPS:
             out += [x for x in METRIC_GROUPS[m] if x not in out]
-        elif m in ATE_METRICS or m in GRN_METRICS or m in DAG_METRICS:
+        elif m in ALL_METRICS:
             out.append(m)
         else:
             raise ValueError(
                 f"Unknown metric {m!r}; choose among the groups {list(METRIC_GROUPS)} "
-                f"or the metrics {[*ATE_METRICS, *GRN_METRICS, *DAG_METRICS]}."
+                f"or the metrics {list(ALL_METRICS)}."
             )
     return out
 
@@ -132,10 +135,15 @@ def evaluate(
         The ``key_added`` of the model or baseline.
     metrics
         Metric names or groups (``"ate"``: ``ate_pearson``, ``ate_r2``, ``topk_jaccard``,
-        ``ate_mse``; ``"grn"``: ``mean_wasserstein`` (reported with ``n_edges_evaluated``, the
+        ``ate_mse``, ``aecd`` (mean Euclidean distance between predicted and observed effect
+        vectors, i.e. between centroids relative to control, in ``log2(1 + CP10k)`` units; the
+        paper's AECD in the model's own space is :func:`pertgrn.tl.distribution_distances`'
+        ``centroid``); ``"grn"``: ``mean_wasserstein`` (reported with ``n_edges_evaluated``, the
         number of edges it averages over), ``false_omission_rate``, ``n_edges``, ``grn_auprc``,
         ``grn_early_precision``; ``"dag"``: ``dag_is_acyclic``, ``dag_n_edges`` for latent-level
-        GRNs). ``None`` computes every metric that applies.
+        GRNs; ``"alignment"``: ``tmex``, the mean partial correlation of a gCRL model's latents
+        with their TF-community activities, ``uns[key]["alignment"]``). ``None`` computes every
+        metric that applies.
     test_key
         Boolean ``obs`` column marking held-out cells; ``None`` evaluates on all cells.
     perturbations
@@ -218,6 +226,10 @@ def evaluate(
             values["topk_jaccard"] = float(M.topk_jaccard(pred, true, k=min(k, pred.shape[1])))
         if "ate_mse" in wanted:
             values["ate_mse"] = float(M.mse(pred.to_numpy(), true.to_numpy()))
+        if "aecd" in wanted:
+            values["aecd"] = float(M.aecd(pred, true))
+    if "tmex" in wanted and isinstance(entry.get("alignment"), pd.DataFrame):
+        values["tmex"] = float(entry["alignment"]["partial_correlation"].mean())
     if has_grn and any(m in GRN_METRICS or m in DAG_METRICS for m in wanted):
         level = grn_level(adata, key)
         # the graph: edges above the threshold, or the n_edges strongest for comparisons at matched size

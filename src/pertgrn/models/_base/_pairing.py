@@ -14,6 +14,11 @@ Keys added to each minibatch (``B`` cells, ``k`` partner slots):
 ``partner_library``
     ``B × k`` total counts of each partner over all genes (for normalisation); 0 in empty slots.
 
+``partner_<registry key>``
+    ``B × k × …`` rows of further registered per-cell fields of each partner, for the registry
+    keys a model asks for (``partner_keys``; e.g. its controls' TF-community activities); zeros
+    in empty slots.
+
 ``partner_weight`` (``B × k``, 0 in empty slots) comes from the registry with the indices.
 Every tensor keeps the cells on its first axis, as Lightning expects of a batch.
 
@@ -149,6 +154,8 @@ class AttachPartners:
         each time the batch is built, and the partner field (if any) is ignored.
     seed
         Seed of those draws; ``None`` uses :attr:`scvi.settings.seed`.
+    keys
+        Further registry keys whose rows of each partner are attached as ``partner_<key>``.
     """
 
     def __init__(
@@ -158,9 +165,11 @@ class AttachPartners:
         *,
         random_partners: np.ndarray | None = None,
         seed: int | None = None,
+        keys: Sequence[str] = (),
     ):
         self.counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        self.fields = {key: _registry_array(adata_manager, key).astype(np.float32) for key in keys}
         self.random_partners = None if random_partners is None else np.asarray(random_partners, dtype=np.int64)
         if self.random_partners is not None and self.random_partners.size == 0:
             raise ValueError("`random_partners` is empty: there are no (training) control cells to pair with.")
@@ -195,6 +204,11 @@ class AttachPartners:
         partner_library[valid] = library[slots]
         batch[PARTNER_X_KEY] = partner_x
         batch[PARTNER_LIBRARY_KEY] = partner_library
+        for key, values in self.fields.items():
+            attached = np.zeros((*index.shape, *values.shape[1:]), dtype=np.float32)
+            if unique.size:
+                attached[valid] = values[unique][slots]
+            batch[f"partner_{key}"] = attached
         return default_convert(batch)
 
 
@@ -232,6 +246,8 @@ class PairedAnnDataLoader(AnnDataLoader):
     random_partners
         Global indices of the control cells partners are drawn from (random pairing); ``None``
         uses the OT partners of the partner field.
+    partner_keys
+        Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
     **kwargs
         Arguments of :class:`~scvi.dataloaders.AnnDataLoader` (``indices``, ``batch_size``, ``shuffle``, …).
     """
@@ -244,6 +260,7 @@ class PairedAnnDataLoader(AnnDataLoader):
         group_by_condition: bool = False,
         min_batch_size: int = 2,
         random_partners: np.ndarray | None = None,
+        partner_keys: Sequence[str] = (),
         **kwargs,
     ):
         registry = adata_manager.data_registry
@@ -273,7 +290,9 @@ class PairedAnnDataLoader(AnnDataLoader):
                 min_batch_size=min_batch_size,
             )
             kwargs.pop("drop_last", None)
-        kwargs["collate_fn"] = AttachPartners(adata_manager, partner_columns, random_partners=random_partners)
+        kwargs["collate_fn"] = AttachPartners(
+            adata_manager, partner_columns, random_partners=random_partners, keys=partner_keys
+        )
         super().__init__(adata_manager, **kwargs)
 
 
@@ -297,6 +316,8 @@ class PairedDataSplitter(DataSplitter):
         Pair each perturbed cell with a control drawn uniformly from the **training** controls
         (the cells of the training split with an empty design row), anew every time its batch is
         built, instead of its OT partners; validation batches draw from the same training controls.
+    partner_keys
+        Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
     **kwargs
         Arguments of :class:`~scvi.dataloaders.DataSplitter`.
     """
@@ -311,6 +332,7 @@ class PairedDataSplitter(DataSplitter):
         group_by_condition: bool = False,
         min_batch_size: int = 2,
         random_partners: bool = False,
+        partner_keys: Sequence[str] = (),
         **kwargs,
     ):
         if group_by_condition:
@@ -322,6 +344,7 @@ class PairedDataSplitter(DataSplitter):
             partner_columns=partner_columns,
             group_by_condition=group_by_condition,
             min_batch_size=min_batch_size,
+            partner_keys=tuple(partner_keys),
             **kwargs,
         )
         self.random_partners = bool(random_partners)

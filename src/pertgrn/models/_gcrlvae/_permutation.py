@@ -1,0 +1,81 @@
+"""A learned latent ↔ community permutation: Hungarian matching forward, Sinkhorn gradients backward.
+
+gCRL (appendix A.5) derives its permutation as the row argmax of a learned score matrix ``S``. A row
+argmax need not be a permutation, and it gives ``S`` no gradient, so from ``S = I`` the permutation
+would stay the identity forever. Here the forward pass uses the Hungarian assignment of ``S`` (always
+a permutation) and the backward pass the gradient of its Sinkhorn relaxation (a straight-through
+estimator), so ``S`` learns from every term the permutation enters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+
+def hungarian(scores: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The permutation ``π`` maximising ``Σ_k S[k, π[k]]`` (``linear_sum_assignment``; ties to the first optimum)."""
+    values = scores.detach().cpu().double().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    rows, cols = linear_sum_assignment(values, maximize=True)
+    perm = np.empty(values.shape[0], dtype=np.int64)
+    perm[rows] = cols
+    return perm
+
+
+def permutation_matrix(perm: np.ndarray, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``P`` with ``P[k, π[k]] = 1``: row ``k`` (community) → column ``π[k]`` (latent)."""
+    d = len(perm)
+    matrix = torch.zeros(d, d, device=device, dtype=dtype)
+    matrix[torch.arange(d, device=device), torch.as_tensor(perm, device=device)] = 1.0
+    return matrix
+
+
+def sinkhorn(log_alpha: torch.Tensor, n_iterations: int) -> torch.Tensor:
+    """Doubly stochastic matrix from ``exp(log_alpha)`` by alternating row and column normalisation (log domain)."""
+    for _ in range(n_iterations):
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=1, keepdim=True)
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=0, keepdim=True)
+    return log_alpha.exp()
+
+
+class LatentPermutation(nn.Module):
+    """The permutation between the ``d`` TF-community activity columns and the ``d`` latents.
+
+    Parameters
+    ----------
+    n_latent
+        ``d``.
+    learned
+        ``True``: scores ``S`` (initialised to ``I``) define ``π = Hungarian(S)``; the forward pass
+        returns the hard permutation matrix and the backward pass the gradient of
+        ``Sinkhorn(exp(S / τ))``. ``False``: the identity, fixed (the paper's literal argmax, whose
+        ``S`` never leaves ``I``).
+    tau
+        Temperature ``τ`` of the Sinkhorn relaxation.
+    n_iterations
+        Sinkhorn iterations.
+    """
+
+    def __init__(self, n_latent: int, *, learned: bool = True, tau: float = 0.1, n_iterations: int = 20):
+        super().__init__()
+        self.n_latent = int(n_latent)
+        self.learned = bool(learned)
+        self.tau = float(tau)
+        self.n_iterations = int(n_iterations)
+        self.scores = nn.Parameter(torch.eye(self.n_latent), requires_grad=self.learned)
+
+    def perm(self) -> np.ndarray:
+        """Current ``π`` (``π[k]`` = latent of community column ``k``)."""
+        if not self.learned:
+            return np.arange(self.n_latent)
+        return hungarian(self.scores)
+
+    def forward(self) -> torch.Tensor:
+        """``P`` (``d × d``, ``P[k, π[k]] = 1``), straight-through to the Sinkhorn relaxation when learned."""
+        hard = permutation_matrix(self.perm(), device=self.scores.device, dtype=self.scores.dtype)
+        if not self.learned:
+            return hard
+        soft = sinkhorn(self.scores / self.tau, self.n_iterations)
+        return hard + soft - soft.detach()
