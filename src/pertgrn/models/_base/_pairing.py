@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data._utils import registry_key_to_default_dtype
@@ -39,6 +40,11 @@ PARTNER_LIBRARY_KEY = "partner_library"
 class AttachPartners:
     """Collate function: adds the counts of each cell's partners to a minibatch dictionary.
 
+    Every cell's library size (total counts over all genes) is computed once, on the first
+    minibatch, in chunks of rows; a minibatch then reads only its distinct partners' rows and,
+    for sparse counts, only the requested columns before anything is made dense. The counts may
+    be an in-memory array, a sparse matrix or a backed (on-disk) AnnData's ``X``.
+
     Parameters
     ----------
     adata_manager
@@ -50,26 +56,54 @@ class AttachPartners:
     def __init__(self, adata_manager: AnnDataManager, columns: Sequence[int] | None = None):
         self.counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
+        self._library: np.ndarray | None = None
+
+    @property
+    def library(self) -> np.ndarray:
+        """Total counts of every cell (float32), computed on first use."""
+        if self._library is None:
+            self._library = row_sums(self.counts)
+        return self._library
+
+    def partner_rows(self, cells: np.ndarray) -> np.ndarray:
+        """Dense float32 counts of ``cells`` (sorted, distinct) on the requested columns."""
+        rows = self.counts[cells]
+        if sparse.issparse(rows):
+            rows = sparse.csr_matrix(rows)
+            if self.columns is not None:
+                rows = rows[:, self.columns]
+            return rows.toarray().astype(np.float32, copy=False)
+        rows = np.asarray(rows)
+        if self.columns is not None:
+            rows = rows[:, self.columns]
+        return rows.astype(np.float32, copy=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Attach ``partner_x`` and ``partner_library``, then convert every array to a tensor."""
         index = np.asarray(batch[PARTNER_INDEX_KEY]).astype(np.int64)
         valid = index >= 0
         unique, slots = np.unique(index[valid], return_inverse=True)
-        rows = self.counts[unique] if unique.size else self.counts[:0]
-        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
-        rows = rows.astype(np.float32, copy=False)
-        library = rows.sum(axis=1)
-        if self.columns is not None:
-            rows = rows[:, self.columns]
+        rows = self.partner_rows(unique)
         partner_x = np.zeros((*index.shape, rows.shape[1]), dtype=np.float32)
         partner_library = np.zeros(index.shape, dtype=np.float32)
         partner_x[valid] = rows[slots]
-        partner_library[valid] = library[slots]
+        partner_library[valid] = self.library[unique][slots]
         batch = dict(batch)
         batch[PARTNER_X_KEY] = partner_x
         batch[PARTNER_LIBRARY_KEY] = partner_library
         return default_convert(batch)
+
+
+def row_sums(counts, chunk_size: int = 10_000) -> np.ndarray:
+    """Total of every row of an array, sparse matrix or backed (on-disk) matrix, read ``chunk_size`` rows at a time."""
+    if isinstance(counts, np.ndarray) or sparse.issparse(counts):
+        return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel().astype(np.float32)
+    n = counts.shape[0]
+    totals = np.empty(n, dtype=np.float32)
+    for start in range(0, n, chunk_size):
+        block = counts[start : start + chunk_size]
+        totals[start : start + chunk_size] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+    return totals
 
 
 class PairedAnnDataLoader(AnnDataLoader):
