@@ -551,10 +551,8 @@ def main() -> None:
                 for label, value in sorted(
                     profile_entry["components"].items(), key=lambda kv: -(kv[1]["forward_s"] + kv[1]["backward_s"])
                 ):
-                    print(
-                        f"    {label:22s} fwd {value['forward_s'] * 1e3:8.1f} ms  bwd {value['backward_s'] * 1e3:8.1f} ms",
-                        flush=True,
-                    )
+                    forward, backward = value["forward_s"] * 1e3, value["backward_s"] * 1e3
+                    print(f"    {label:22s} fwd {forward:8.1f} ms  bwd {backward:8.1f} ms", flush=True)
         if args.throughput:
             entry["throughput"] = throughput(models, args, size)
             for key, summary in entry["throughput"].items():

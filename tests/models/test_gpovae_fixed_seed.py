@@ -8,17 +8,14 @@ point sums only, so after 24 optimisation steps the results agree to float32 rou
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scvi
+from models.test_gpovae import SMALL, _screen
 
 from pertgrn.models import GPOVAE
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_gpovae import SMALL, _screen  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "data" / "gpovae_fixed_seed.npz"
 
@@ -58,7 +55,7 @@ def test_fixed_seed_fit_matches_the_stored_fit(preset):
         np.testing.assert_allclose(value, stored[key], rtol=1e-3, atol=1e-4, err_msg=key)
 
 
-if __name__ == "__main__":  # pragma: no cover - regenerates the stored fit
+if __name__ == "__main__":  # pragma: no cover - regenerates the stored fit (run with tests/ on sys.path)
     arrays = {}
     for name in ("pertgrn", "reference"):
         arrays.update(_fixed_seed_fit(name))
