@@ -23,15 +23,18 @@ second = minibatch size / (step + gap); an epoch of ``n`` training cells takes `
 so the per-epoch ratio to SCVI is the ratio of cells per second. Wall and process-CPU time are
 both recorded: the machine is shared, so ratios measured in the same run are what to compare.
 
-Profile (``--profile``, one thread): one minibatch of each preset run directly (inference,
-generative, loss, backward, gradient clipping, Adam) under ``torch.profiler``; forward time is
+Profile (one thread; ``--no-profile`` skips it): ``--profile-repeats`` minibatches of each preset
+run directly (inference, generative, loss, backward, gradient clipping, Adam), each under its own
+``torch.profiler`` session, the median over steps taken per component (the machine is shared: a
+median resists the stalls that other jobs cause); forward time is
 attributed to the innermost of the module's methods it ran in (the guide of ``M`` and ``E`` for
 all particles, the basal encoder with the counterfactual encodings, the paired ``ΔX``, the
 condition means, the GPO fit, the sparsity term, the decoder, the rest of the loss: likelihood and
 KL terms) and backward time to the method whose forward operation it differentiates (matched by
 autograd sequence number). Next to it: the loading of a minibatch split into scvi-tools' slicing
 of the registered arrays and pertgrn's partner collate, the module step without the profiler, and
-the Lightning step of the throughput run, whose difference is the Python overhead per step.
+the Lightning step of the throughput run (process CPU time), whose difference is the Python
+overhead per step; the same for SCVI.
 
 K-hop (``--khop``): the bounded K-hop term timed (forward + backward) by row-vector iteration
 (what the model does) and by full matrix powers.
@@ -395,11 +398,12 @@ def module_profile(model, preset: str, repeats: int) -> dict:
             optimizer.step()
 
     step(batches[0])
-    times = []
+    times, cpu_times = [], []
     for batch in batches[1:]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(batch)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     wrapped = []
     for name in COMPONENTS:
         target = getattr(module, name, None)
@@ -409,22 +413,30 @@ def module_profile(model, preset: str, repeats: int) -> dict:
         elif target is not None:
             setattr(module, name, _wrap(target, name))
             wrapped.append((module, name))
+    per_step = []
     try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for batch in batches[1:]:
+        for batch in batches[1:]:  # one profile per step: medians over steps resist the shared machine's stalls
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
                 step(batch)
+            per_step.append(attribute(prof))
     finally:
         for owner, name in wrapped:
             delattr(owner, name)
-    components = {
-        label: {k: v / repeats for k, v in value.items()} | {"what": COMPONENTS.get(label, label)}
-        for label, value in attribute(prof).items()
-    }
+    labels = sorted({label for step_result in per_step for label in step_result})
+    components = {}
+    for label in labels:
+        entry = {"what": COMPONENTS.get(label, label)}
+        for part in ("forward_s", "backward_s"):
+            entry[part] = float(np.median([r.get(label, {}).get(part, 0.0) for r in per_step]))
+        components[label] = entry
     total = sum(v["forward_s"] + v["backward_s"] for v in components.values())
+    for entry in components.values():
+        entry["share"] = (entry["forward_s"] + entry["backward_s"]) / total if total > 0 else 0.0
     return {
         "batch_size": batch_size,
         "n_particles": n_particles,
         "module_step_s": float(np.median(times)),
+        "module_step_cpu_s": float(np.median(cpu_times)),
         "profiled_step_s": total,
         "components": components,
     }
@@ -438,12 +450,12 @@ def scvi_module_step(model, repeats: int) -> float:
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, weight_decay=1e-6)
     times = []
     for i, batch in enumerate(loader):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         optimizer.zero_grad()
         _, _, loss = module(batch)
         loss.loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
         if i == repeats:
             break
     return float(np.median(times[1:]))
@@ -493,7 +505,7 @@ def main() -> None:
     parser.add_argument("--steps-pertgrn", type=int, default=6, help="timed GPOVAE 'pertgrn' steps (K562 size)")
     parser.add_argument("--steps-reference", type=int, default=3, help="timed GPOVAE 'reference' steps (K562)")
     parser.add_argument("--simulator-step-factor", type=int, default=4, help="more steps at the simulator size")
-    parser.add_argument("--profile-repeats", type=int, default=3)
+    parser.add_argument("--profile-repeats", type=int, default=5, help="profiled steps (medians per component)")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--no-throughput", dest="throughput", action="store_false")
     parser.add_argument("--khop", action="store_true", help="also time the K-hop term alone")
@@ -537,14 +549,14 @@ def main() -> None:
         entry["n_parameters"] = {k: int(sum(p.numel() for p in m.module.parameters())) for k, m in models.items()}
         if args.profile:
             torch.set_num_threads(1)
-            entry["profile"] = {"scvi_module_step_s": scvi_module_step(models["scvi"], args.profile_repeats + 2)}
+            entry["profile"] = {"scvi_module_step_cpu_s": scvi_module_step(models["scvi"], args.profile_repeats + 2)}
             for preset in ("pertgrn", "reference"):
                 model = models[f"gpovae_{preset}"]
                 profile_entry = module_profile(model, preset, args.profile_repeats)
                 profile_entry["loading"] = loading_profile(model, PRESET_BATCH[preset], args.profile_repeats + 2)
                 entry["profile"][preset] = profile_entry
                 print(
-                    f"  profile {preset}: module step {profile_entry['module_step_s'] * 1e3:.0f} ms, "
+                    f"  profile {preset}: module step {profile_entry['module_step_cpu_s'] * 1e3:.0f} ms CPU, "
                     f"loading {profile_entry['loading']}",
                     flush=True,
                 )
@@ -564,11 +576,19 @@ def main() -> None:
                         flush=True,
                     )
             if args.profile:
+                runs = entry["throughput"]["threads_1"]["scvi"]["runs"]
+                scvi_step = float(np.median([r["step_cpu_s"] for r in runs]))
+                entry["profile"]["scvi_lightning_step_cpu_s"] = scvi_step
+                entry["profile"]["scvi_python_overhead_per_step_cpu_s"] = (
+                    scvi_step - entry["profile"]["scvi_module_step_cpu_s"]
+                )
                 for preset in ("pertgrn", "reference"):
-                    lightning_step = entry["throughput"]["threads_1"][f"gpovae_{preset}"]["step_wall_s"]
-                    entry["profile"][preset]["lightning_step_s"] = lightning_step
-                    entry["profile"][preset]["python_overhead_per_step_s"] = (
-                        lightning_step - entry["profile"][preset]["module_step_s"]
+                    runs = entry["throughput"]["threads_1"][f"gpovae_{preset}"]["runs"]
+                    lightning_step = float(np.median([r["step_cpu_s"] for r in runs]))
+                    entry["profile"][preset]["lightning_step_cpu_s"] = lightning_step
+                    entry["profile"][preset]["lightning_gap_cpu_s"] = float(np.median([r["gap_cpu_s"] for r in runs]))
+                    entry["profile"][preset]["python_overhead_per_step_cpu_s"] = (
+                        lightning_step - entry["profile"][preset]["module_step_cpu_s"]
                     )
         if args.khop and size == "k562":
             torch.set_num_threads(1)

@@ -40,10 +40,13 @@ PARTNER_LIBRARY_KEY = "partner_library"
 class AttachPartners:
     """Collate function: adds the counts of each cell's partners to a minibatch dictionary.
 
-    Every cell's library size (total counts over all genes) is computed once, on the first
-    minibatch, in chunks of rows; a minibatch then reads only its distinct partners' rows and,
-    for sparse counts, only the requested columns before anything is made dense. The counts may
-    be an in-memory array, a sparse matrix or a backed (on-disk) AnnData's ``X``.
+    On the first minibatch, every cell that is anyone's partner (the control pool) is read once,
+    in chunks of rows: its library size (total counts over all genes) and, when ``columns``
+    selects genes or the counts live on disk, its counts on those columns, kept as a CSR matrix
+    (or dense array, for dense counts). A minibatch then gathers its distinct partners' rows from
+    that pool and makes only them dense. The counts may be an array, a sparse matrix or a backed
+    AnnData's ``X`` (``anndata.read_h5ad(..., backed="r")``): minibatches never read the disk for
+    partners, and nothing of size ``n_obs × genes`` is loaded.
 
     Parameters
     ----------
@@ -55,55 +58,83 @@ class AttachPartners:
 
     def __init__(self, adata_manager: AnnDataManager, columns: Sequence[int] | None = None):
         self.counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        self.partner_index = adata_manager.get_from_registry(PARTNER_INDEX_KEY)
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
-        self._library: np.ndarray | None = None
+        self._pool: tuple[np.ndarray, np.ndarray | sparse.csr_matrix | None, np.ndarray] | None = None
 
     @property
-    def library(self) -> np.ndarray:
-        """Total counts of every cell (float32), computed on first use."""
-        if self._library is None:
-            self._library = row_sums(self.counts)
-        return self._library
+    def pool(self) -> tuple[np.ndarray, np.ndarray | sparse.csr_matrix | None, np.ndarray]:
+        """The partner pool: ``(cells, rows, library)``.
 
-    def partner_rows(self, cells: np.ndarray) -> np.ndarray:
-        """Dense float32 counts of ``cells`` (sorted, distinct) on the requested columns."""
-        rows = self.counts[cells]
-        if sparse.issparse(rows):
-            rows = sparse.csr_matrix(rows)
+        The sorted partner cells, their counts on ``columns`` (``None`` when minibatches read the
+        in-memory counts directly) and their library sizes (float32).
+        """
+        if self._pool is None:
+            index = np.asarray(self.partner_index)
+            cells = np.unique(index[index >= 0]).astype(np.int64)
+            in_memory = sparse.issparse(self.counts) or isinstance(self.counts, np.ndarray)
+            keep_rows = not (in_memory and self.columns is None)
+            rows, library = read_rows(self.counts, cells, self.columns, keep=keep_rows)
+            self._pool = (cells, rows, library)
+        return self._pool
+
+    def partner_rows(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dense float32 counts of ``cells`` (sorted, distinct partners) on the columns, and their library sizes."""
+        pool_cells, pool_rows, pool_library = self.pool
+        position = np.searchsorted(pool_cells, cells)
+        if position.size and (position.max() >= pool_cells.size or (pool_cells[position] != cells).any()):
+            raise KeyError("A minibatch names partners that are not in the registered partner field.")
+        if pool_rows is None:
+            rows = self.counts[cells]
             if self.columns is not None:
                 rows = rows[:, self.columns]
-            return rows.toarray().astype(np.float32, copy=False)
-        rows = np.asarray(rows)
-        if self.columns is not None:
-            rows = rows[:, self.columns]
-        return rows.astype(np.float32, copy=False)
+        else:
+            rows = pool_rows[position]
+        rows = rows.toarray() if sparse.issparse(rows) else np.asarray(rows)
+        return rows.astype(np.float32, copy=False), pool_library[position]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Attach ``partner_x`` and ``partner_library``, then convert every array to a tensor."""
         index = np.asarray(batch[PARTNER_INDEX_KEY]).astype(np.int64)
         valid = index >= 0
         unique, slots = np.unique(index[valid], return_inverse=True)
-        rows = self.partner_rows(unique)
+        rows, library = self.partner_rows(unique)
         partner_x = np.zeros((*index.shape, rows.shape[1]), dtype=np.float32)
         partner_library = np.zeros(index.shape, dtype=np.float32)
         partner_x[valid] = rows[slots]
-        partner_library[valid] = self.library[unique][slots]
+        partner_library[valid] = library[slots]
         batch = dict(batch)
         batch[PARTNER_X_KEY] = partner_x
         batch[PARTNER_LIBRARY_KEY] = partner_library
         return default_convert(batch)
 
 
-def row_sums(counts, chunk_size: int = 10_000) -> np.ndarray:
-    """Total of every row of an array, sparse matrix or backed (on-disk) matrix, read ``chunk_size`` rows at a time."""
-    if isinstance(counts, np.ndarray) or sparse.issparse(counts):
-        return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel().astype(np.float32)
-    n = counts.shape[0]
-    totals = np.empty(n, dtype=np.float32)
-    for start in range(0, n, chunk_size):
-        block = counts[start : start + chunk_size]
-        totals[start : start + chunk_size] = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
-    return totals
+def read_rows(
+    counts, cells: np.ndarray, columns: np.ndarray | None = None, *, keep: bool = True, chunk_size: int = 10_000
+) -> tuple[np.ndarray | sparse.csr_matrix | None, np.ndarray]:
+    """Rows ``cells`` (sorted) of an array, sparse matrix or backed matrix, read ``chunk_size`` rows at a time.
+
+    Returns the rows on ``columns`` (float32; CSR for sparse or backed sparse counts, ``None``
+    unless ``keep``) and their totals over all columns (float32).
+    """
+    blocks, totals = [], []
+    for start in range(0, cells.size, chunk_size):
+        block = counts[cells[start : start + chunk_size]]
+        totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+        if keep:
+            if sparse.issparse(block):
+                block = sparse.csr_matrix(block, dtype=np.float32)
+            else:
+                block = np.asarray(block, dtype=np.float32)
+            blocks.append(block if columns is None else block[:, columns])
+    library = np.concatenate(totals).astype(np.float32) if totals else np.zeros(0, np.float32)
+    if not keep:
+        return None, library
+    n_columns = counts.shape[1] if columns is None else columns.size
+    if not blocks:
+        return np.zeros((0, n_columns), np.float32), library
+    rows = sparse.vstack(blocks, format="csr") if sparse.issparse(blocks[0]) else np.vstack(blocks)
+    return rows, library
 
 
 class PairedAnnDataLoader(AnnDataLoader):
