@@ -62,6 +62,14 @@ class AttachPartners:
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
         self._pool: tuple[np.ndarray, np.ndarray | sparse.csr_matrix | None, np.ndarray] | None = None
 
+    def __deepcopy__(self, memo: dict) -> AttachPartners:
+        """The same object, not a copy.
+
+        scvi-tools deep-copies a loader's arguments, which would copy the count matrix for every
+        loader (or fail on a backed one); the collate function only reads it.
+        """
+        return self
+
     @property
     def pool(self) -> tuple[np.ndarray, np.ndarray | sparse.csr_matrix | None, np.ndarray]:
         """The partner pool: ``(cells, rows, library)``.
