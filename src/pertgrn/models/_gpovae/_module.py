@@ -649,8 +649,20 @@ class GPOVAEModule(BaseModuleClass):
         qc = qc.reshape(-1).to(x.dtype) if qc is not None else None
         batch = x.shape[0]
 
-        # reconstruction, averaged over particles
-        reconstruction = -generative_outputs["px"].log_prob(x).sum(-1).mean(0)
+        # reconstruction, averaged over particles; one particle at a time, so that the likelihood's
+        # temporaries are cells × genes rather than particles × cells × genes (large temporaries are
+        # fresh memory on every step, and touching fresh memory costs as much as the arithmetic)
+        px = generative_outputs["px"]
+        if px.mu.dim() == 3 and px.mu.shape[0] > 1:
+            reconstruction = (
+                sum(
+                    -NegativeBinomial(mu=mu, theta=theta).log_prob(x).sum(-1)
+                    for mu, theta in zip(px.mu.unbind(0), px.theta.unbind(0), strict=True)
+                )
+                / px.mu.shape[0]
+            )
+        else:
+            reconstruction = -px.log_prob(x).sum(-1).mean(0)
 
         # local KL of the basal state
         qz = Normal(inference_outputs["qz_loc"], inference_outputs["qz_scale"])
