@@ -116,6 +116,9 @@ def main() -> None:
     import torch
     from gpovae import simulator_screen
 
+    import pertgrn as pg
+
+    pg.settings.progress_bar = False
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):

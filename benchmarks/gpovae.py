@@ -271,6 +271,7 @@ def throughput(models: dict, args, size: str) -> dict:
 COMPONENTS = {
     "perturbation_latent": "guide: masks and embedding MLP, all particles",
     "basal_posterior": "basal encoder (z_b, counterfactual encodings): hidden layers and head",
+    "_basal_head": "basal encoder after its first layer: hidden layers and head",
     "encoder_x": "basal encoder: counts projection (cells and counterfactual profiles)",
     "normalise_counts": "basal encoder: log-standardisation",
     "decode": "decoder MLP and softmax",
@@ -283,6 +284,38 @@ COMPONENTS = {
     "inference": "rest of inference",
     "generative": "rest of generative",
 }
+
+
+#: components grouped for the report (the first layer of the basal encoder moved into ``inference``)
+GROUPS = {
+    "guide (masks, embedding MLP; all particles)": ("perturbation_latent",),
+    "basal encoder incl. counterfactual encodings": (
+        "inference",
+        "basal_posterior",
+        "_basal_head",
+        "encoder_x",
+        "normalise_counts",
+    ),
+    "decoder": ("decode", "generative"),
+    "likelihood and KL terms": ("loss",),
+    "GPO fit (K-hop or signed paths), ΔX, sparsity": (
+        "signed_fit_loss",
+        "grn_fit_loss",
+        "paired_delta",
+        "condition_mean_delta",
+        "sparsity_loss",
+    ),
+    "optimiser (clipping, Adam)": ("gradient clipping", "Adam step"),
+    "unattributed backward": ("unlabelled",),
+}
+
+
+def grouped(components: dict) -> dict[str, float]:
+    """Seconds (forward + backward) of each group of :data:`GROUPS`."""
+    return {
+        group: sum(components[k]["forward_s"] + components[k]["backward_s"] for k in labels if k in components)
+        for group, labels in GROUPS.items()
+    }
 
 
 def _wrap(target, name: str):
@@ -433,6 +466,7 @@ def module_profile(model, preset: str, repeats: int) -> dict:
     for entry in components.values():
         entry["share"] = (entry["forward_s"] + entry["backward_s"]) / total if total > 0 else 0.0
     return {
+        "groups_s": grouped(components),
         "batch_size": batch_size,
         "n_particles": n_particles,
         "module_step_s": float(np.median(times)),

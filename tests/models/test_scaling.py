@@ -124,7 +124,7 @@ def test_loss_terms_are_logged_once_per_epoch_as_weighted_means(model, monkeypat
     plan._log_epoch_terms("train")
     assert logged["gpo_fit_train"][0] == pytest.approx((1.0 * 10 + 4.0 * 30) / 40)
     assert logged["n_edges_train"][0] == pytest.approx(2 * 3.25)
-    assert logged["gpo_fit_train"][1] == {"on_step": False, "on_epoch": True}
+    assert logged["gpo_fit_train"][1] == {"on_step": False, "on_epoch": True, "sync_dist": False}
     plan._log_epoch_terms("train")  # a new epoch starts from zero
     assert len(logged) == 2
 
@@ -182,3 +182,13 @@ def test_fit_from_a_backed_anndata_matches_in_memory(tmp_path):
     assert on_disk.get_latent_representation().shape == (adata.n_obs, SMALL["n_latent"])
     assert np.isfinite(on_disk.get_ate([on_disk.nodes[0]], n_cells=20).to_numpy()).all()
     backed.file.close()
+
+
+def test_registered_fields_pickle_for_spawned_processes(model):
+    # Lightning's ddp_spawn pickles the training plan and data splitter, registered fields included
+    import pickle
+
+    fields = pickle.loads(pickle.dumps(model.adata_manager.fields))
+    recomputed = [f._compute(model.adata, {"column_names": f._columns}) for f in fields if hasattr(f, "_compute")]
+    assert len(recomputed) == 3  # design, partner indices, partner weights
+    np.testing.assert_array_equal(recomputed[1], model.adata.obsm["_pertgrn_partner_index"])

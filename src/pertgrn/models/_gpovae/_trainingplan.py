@@ -111,7 +111,8 @@ class GPOVAETrainingPlan(TrainingPlan):
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
         means = (total[:-1] / total[-1]).float().cpu()
         for name, value in zip(names, means, strict=True):
-            self.log(f"{name}_{mode}", value, on_step=False, on_epoch=True)
+            # every process holds the same value now; sync_dist only tells Lightning so
+            self.log(f"{name}_{mode}", value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's loss terms of the training cells."""
