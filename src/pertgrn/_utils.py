@@ -36,8 +36,12 @@ def is_integer_counts(X: np.ndarray | sparse.spmatrix, *, n_check: int = 100_000
     """Whether ``X`` looks like raw UMI counts: non-negative and integer-valued.
 
     Checks at most ``n_check`` stored values (taken from the start of the data), which is
-    what scvi-tools does as well, so that the test stays cheap on large screens.
+    what scvi-tools does as well, so that the test stays cheap on large screens. A backed
+    (on-disk) matrix is checked on its first rows, read without loading the rest.
     """
+    if not (sparse.issparse(X) or isinstance(X, np.ndarray)) and hasattr(X, "shape") and len(X.shape) == 2:
+        rows = max(1, min(X.shape[0], n_check // max(X.shape[1], 1)))  # backed: read the first rows only
+        X = X[:rows]
     data = X.data if sparse.issparse(X) else np.asarray(X).ravel()
     data = np.asarray(data[:n_check])
     if data.size == 0:

@@ -218,6 +218,21 @@ def compute_partners(adata: AnnData, state: dict) -> tuple[np.ndarray, np.ndarra
     return index, weight
 
 
+class _PartnerArray:
+    """``compute`` of a partner field: the indices (``part=0``) or weights (``part=1``) of :func:`compute_partners`.
+
+    A class rather than a closure, so that a registered manager pickles (Lightning's ``ddp_spawn``
+    sends the model to the processes it starts).
+    """
+
+    def __init__(self, part: int, state: dict):
+        self.part = part
+        self.state = dict(state)
+
+    def __call__(self, adata: AnnData, state: dict) -> np.ndarray:
+        return compute_partners(adata, {**self.state, **state})[self.part]
+
+
 def partner_fields(
     adata: AnnData, *, pairing_key: str, max_partners: int, test_key: str | None, transfer: bool = False
 ) -> list[DerivedObsmField]:
@@ -233,7 +248,7 @@ def partner_fields(
         DerivedObsmField(
             PARTNER_INDEX_KEY,
             PARTNER_INDEX_OBSM_KEY,
-            compute=lambda a, s: compute_partners(a, {**transfer_state, **s})[0],
+            compute=_PartnerArray(0, transfer_state),
             columns=columns,
             precomputed=index,
             extra_state=state,
@@ -241,7 +256,7 @@ def partner_fields(
         DerivedObsmField(
             PARTNER_WEIGHT_KEY,
             PARTNER_WEIGHT_OBSM_KEY,
-            compute=lambda a, s: compute_partners(a, {**transfer_state, **s})[1],
+            compute=_PartnerArray(1, transfer_state),
             columns=columns,
             precomputed=weight,
             extra_state=state,

@@ -124,10 +124,15 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         return get_max_epochs_heuristic(n_train)
 
     def _split_indices(
-        self, train_size: float | None, validation_size: float | None, shuffle: bool
+        self, train_size: float | None, validation_size: float | None, shuffle: bool, *, seed: int | None = None
     ) -> list[np.ndarray]:
-        """Training / validation / test indices with every held-out cell in the test set."""
+        """Training / validation / test indices with every held-out cell in the test set.
+
+        The shuffle draws from ``seed``, or from ``scvi.settings.seed`` when ``seed`` is ``None``.
+        """
         from scvi import settings
+
+        seed = settings.seed if seed is None else seed
 
         train = np.flatnonzero(self.training_mask())
         test = np.flatnonzero(~self.training_mask())
@@ -139,7 +144,7 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
                 "of the training cells that sum to at most 1."
             )
         if shuffle:
-            train = np.random.default_rng(settings.seed).permutation(train)
+            train = np.random.default_rng(seed).permutation(train)
         n_val = int(np.ceil(validation_size * train.size)) if validation_size > 0 else 0
         n_train = int(np.floor(train_size * train.size))
         validation, training, rest = train[:n_val], train[n_val : n_val + n_train], train[n_val + n_train :]
@@ -197,21 +202,14 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs = {**defaults.get("plan_kwargs", {}), **(plan_kwargs or {})}
         for name, value in defaults.get("trainer_kwargs", {}).items():
             trainer_kwargs.setdefault(name, value)
-        datasplitter_kwargs = dict(datasplitter_kwargs or {})
-        if self.has_partners:
-            datasplitter_kwargs.setdefault("partner_columns", self._partner_columns())
+        datasplitter_kwargs = self._datasplitter_kwargs(
+            datasplitter_kwargs,
+            train_size=train_size,
+            validation_size=validation_size,
+            shuffle_set_split=shuffle_set_split,
+            strategy=trainer_kwargs.get("strategy"),
+        )
         held_out = ~self.training_mask()
-        if "external_indexing" in datasplitter_kwargs:
-            used = np.concatenate([np.asarray(i, dtype=np.int64) for i in datasplitter_kwargs["external_indexing"][:2]])
-            if held_out[used].any():
-                raise ValueError(
-                    f"`external_indexing` puts {int(held_out[used].sum())} held-out cells "
-                    f"(adata.obs[{self.test_key!r}]) in the training or validation set."
-                )
-        elif held_out.any():
-            datasplitter_kwargs["external_indexing"] = self._split_indices(
-                train_size, validation_size, shuffle_set_split
-            )
         if early_stopping and validation_size is not None and validation_size <= 0:
             raise ValueError("Early stopping monitors the validation loss: pass a validation_size > 0.")
         if max_epochs is None:
@@ -230,6 +228,48 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
             plan_kwargs=plan_kwargs,
             **trainer_kwargs,
         )
+
+    def _datasplitter_kwargs(
+        self,
+        datasplitter_kwargs: dict | None,
+        *,
+        train_size: float | None,
+        validation_size: float | None,
+        shuffle_set_split: bool,
+        strategy: object = None,
+    ) -> dict:
+        """Arguments of the data splitter: partner columns, and the split when it must be fixed here.
+
+        The split is drawn here (``external_indexing``) when cells are held out (they go to the
+        test indices) and under a data-parallel strategy (``"ddp"``, ``"ddp_spawn"``, …): scvi-tools'
+        splitter draws its split inside every process, from ``scvi.settings.seed``, which spawned
+        processes do not inherit, so processes could train on different cells and one's
+        validation cells be another's training cells. Under DDP the split is drawn from
+        ``scvi.settings.seed``, or from 0 when it is unset, so that every process (including the
+        copies of a script that ``strategy="ddp"`` starts) draws the same one.
+        """
+        from scvi.model._utils import use_distributed_sampler
+
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        if self.has_partners:
+            datasplitter_kwargs.setdefault("partner_columns", self._partner_columns())
+        held_out = ~self.training_mask()
+        distributed = strategy is not None and use_distributed_sampler(strategy)
+        if "external_indexing" in datasplitter_kwargs:
+            used = np.concatenate([np.asarray(i, dtype=np.int64) for i in datasplitter_kwargs["external_indexing"][:2]])
+            if held_out[used].any():
+                raise ValueError(
+                    f"`external_indexing` puts {int(held_out[used].sum())} held-out cells "
+                    f"(adata.obs[{self.test_key!r}]) in the training or validation set."
+                )
+        elif held_out.any() or distributed:
+            from scvi import settings
+
+            seed = (0 if settings.seed is None else settings.seed) if distributed else None
+            datasplitter_kwargs["external_indexing"] = self._split_indices(
+                train_size, validation_size, shuffle_set_split, seed=seed
+            )
+        return datasplitter_kwargs
 
     def history_summary(self) -> pd.DataFrame:
         """Per-epoch training history as one table (h5ad-writable).

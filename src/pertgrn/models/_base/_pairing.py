@@ -142,6 +142,14 @@ class ConditionBatchSampler(Sampler[list[int]]):
 class AttachPartners:
     """Collate function: adds the counts of each cell's partners to a minibatch dictionary.
 
+    On the first minibatch, every cell that is anyone's partner (the control pool) is read once,
+    in chunks of rows: its library size (total counts over all genes) and, when ``columns``
+    selects genes or the counts live on disk, its counts on those columns, kept as a CSR matrix
+    (or dense array, for dense counts). A minibatch then gathers its distinct partners' rows from
+    that pool and makes only them dense. The counts may be an array, a sparse matrix or a backed
+    AnnData's ``X`` (``anndata.read_h5ad(..., backed="r")``): minibatches never read the disk for
+    partners, and nothing of size ``n_obs × genes`` is loaded.
+
     Parameters
     ----------
     adata_manager
@@ -168,12 +176,57 @@ class AttachPartners:
         keys: Sequence[str] = (),
     ):
         self.counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        fields = adata_manager.data_registry
+        self.partner_index = adata_manager.get_from_registry(PARTNER_INDEX_KEY) if PARTNER_INDEX_KEY in fields else None
         self.columns = None if columns is None else np.asarray(columns, dtype=np.int64)
         self.fields = {key: _registry_array(adata_manager, key).astype(np.float32) for key in keys}
         self.random_partners = None if random_partners is None else np.asarray(random_partners, dtype=np.int64)
         if self.random_partners is not None and self.random_partners.size == 0:
             raise ValueError("`random_partners` is empty: there are no (training) control cells to pair with.")
         self._rng = np.random.default_rng(settings.seed if seed is None else seed)
+        self._pool: tuple[np.ndarray, np.ndarray | sparse.csr_matrix | None, np.ndarray] | None = None
+
+    def __deepcopy__(self, memo: dict) -> AttachPartners:
+        """The same object, not a copy.
+
+        scvi-tools deep-copies a loader's arguments, which would copy the count matrix for every
+        loader (or fail on a backed one); the collate function only reads it.
+        """
+        return self
+
+    @property
+    def pool(self) -> tuple[np.ndarray, np.ndarray | sparse.csr_matrix | None, np.ndarray]:
+        """The partner pool: ``(cells, rows, library)``.
+
+        The sorted partner cells, their counts on ``columns`` (``None`` when minibatches read the
+        in-memory counts directly) and their library sizes (float32).
+        """
+        if self._pool is None:
+            if self.random_partners is not None:
+                cells = np.unique(self.random_partners)
+            else:
+                index = np.asarray(self.partner_index)
+                cells = np.unique(index[index >= 0]).astype(np.int64)
+            in_memory = sparse.issparse(self.counts) or isinstance(self.counts, np.ndarray)
+            keep_rows = not (in_memory and self.columns is None)
+            rows, library = read_rows(self.counts, cells, self.columns, keep=keep_rows)
+            self._pool = (cells, rows, library)
+        return self._pool
+
+    def partner_rows(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dense float32 counts of ``cells`` (sorted, distinct partners) on the columns, and their library sizes."""
+        pool_cells, pool_rows, pool_library = self.pool
+        position = np.searchsorted(pool_cells, cells)
+        if position.size and (position.max() >= pool_cells.size or (pool_cells[position] != cells).any()):
+            raise KeyError("A minibatch names partners that are not in the registered partner field.")
+        if pool_rows is None:
+            rows = self.counts[cells]
+            if self.columns is not None:
+                rows = rows[:, self.columns]
+        else:
+            rows = pool_rows[position]
+        rows = rows.toarray() if sparse.issparse(rows) else np.asarray(rows)
+        return rows.astype(np.float32, copy=False), pool_library[position]
 
     def _draw_partners(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         design = np.asarray(batch[DESIGN_KEY])
@@ -192,12 +245,7 @@ class AttachPartners:
         index = np.asarray(batch[PARTNER_INDEX_KEY]).astype(np.int64)
         valid = index >= 0
         unique, slots = np.unique(index[valid], return_inverse=True)
-        rows = self.counts[unique] if unique.size else self.counts[:0]
-        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
-        rows = rows.astype(np.float32, copy=False)
-        library = rows.sum(axis=1)
-        if self.columns is not None:
-            rows = rows[:, self.columns]
+        rows, library = self.partner_rows(unique)
         partner_x = np.zeros((*index.shape, rows.shape[1]), dtype=np.float32)
         partner_library = np.zeros(index.shape, dtype=np.float32)
         partner_x[valid] = rows[slots]
@@ -224,6 +272,34 @@ def control_cells(adata_manager: AnnDataManager, indices: np.ndarray | None = No
     indices = np.arange(design.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
     empty = np.diff(design.indptr)[indices] == 0
     return indices[empty]
+
+
+def read_rows(
+    counts, cells: np.ndarray, columns: np.ndarray | None = None, *, keep: bool = True, chunk_size: int = 10_000
+) -> tuple[np.ndarray | sparse.csr_matrix | None, np.ndarray]:
+    """Rows ``cells`` (sorted) of an array, sparse matrix or backed matrix, read ``chunk_size`` rows at a time.
+
+    Returns the rows on ``columns`` (float32; CSR for sparse or backed sparse counts, ``None``
+    unless ``keep``) and their totals over all columns (float32).
+    """
+    blocks, totals = [], []
+    for start in range(0, cells.size, chunk_size):
+        block = counts[cells[start : start + chunk_size]]
+        totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+        if keep:
+            if sparse.issparse(block):
+                block = sparse.csr_matrix(block, dtype=np.float32)
+            else:
+                block = np.asarray(block, dtype=np.float32)
+            blocks.append(block if columns is None else block[:, columns])
+    library = np.concatenate(totals).astype(np.float32) if totals else np.zeros(0, np.float32)
+    if not keep:
+        return None, library
+    n_columns = counts.shape[1] if columns is None else columns.size
+    if not blocks:
+        return np.zeros((0, n_columns), np.float32), library
+    rows = sparse.vstack(blocks, format="csr") if sparse.issparse(blocks[0]) else np.vstack(blocks)
+    return rows, library
 
 
 class PairedAnnDataLoader(AnnDataLoader):

@@ -329,13 +329,13 @@ class GPOVAE(PerturbationModel):
         node_position = {n: i for i, n in enumerate(nodes)}
 
         # statistics of the training cells only: held-out cells never influence the fit
+        # (read in chunks of rows, so that counts on disk, a backed AnnData's X, are never loaded whole)
         train = self.training_mask()
         counts = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        train_counts = counts[train]
+        train_cells = np.flatnonzero(train)
         design = sparse.csr_matrix(manager.get_from_registry(DESIGN_KEY))[train]
         node_counts = np.asarray(design.sum(axis=0)).ravel()
-        log_mean, log_std = _log1p_moments(train_counts)
-        library = np.asarray(train_counts.sum(axis=1)).ravel()
+        log_mean, log_std, library = _log1p_moments(counts, train_cells)
         target_sum = float(np.median(library[library > 0])) if (library > 0).any() else 1.0
         conditions = np.asarray(manager.get_from_registry(CONDITION_REGISTRY_KEY)).ravel().astype(np.int64)[train]
         n_conditions = len(manager.get_state_registry(CONDITION_REGISTRY_KEY).categorical_mapping)
@@ -345,7 +345,7 @@ class GPOVAE(PerturbationModel):
         if self.use_artifact:
             qc = np.asarray(manager.get_from_registry(QC_KEY)).ravel().astype(bool)[train]
             n_qc_fail = int(qc.sum())
-            cf_profiles, cf_valid = _counterfactual_profiles(train_counts, conditions, qc, n_conditions)
+            cf_profiles, cf_valid = _counterfactual_profiles(counts, train_cells, conditions, qc, n_conditions)
 
         self.module = self._module_cls(
             n_genes=self.adata.n_vars,
@@ -751,40 +751,74 @@ class GPOVAE(PerturbationModel):
         return NegativeBinomial(mu=mean, theta=torch.exp(self.module.log_theta)).sample()
 
 
-def _log1p_moments(counts: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation of ``log(1 + counts)`` (std 1 where it is 0)."""
-    if sparse.issparse(counts):
-        logged = sparse.csr_matrix(counts, dtype=np.float64, copy=True)
-        np.log1p(logged.data, out=logged.data)
-        mean = np.asarray(logged.mean(axis=0)).ravel()
-        mean_sq = np.asarray(logged.multiply(logged).mean(axis=0)).ravel()
-    else:
-        logged = np.log1p(np.asarray(counts, dtype=np.float64))
-        mean = logged.mean(axis=0)
-        mean_sq = (logged**2).mean(axis=0)
-    n = counts.shape[0]
-    var = np.maximum(mean_sq - mean**2, 0.0) * n / max(n - 1, 1)
+#: rows of the count matrix read at once by the set-up statistics
+_CHUNK_ROWS = 10_000
+#: largest dense block (elements) made when taking a group's median counts
+_MEDIAN_BLOCK = 2**24
+
+
+def _read(counts, rows: np.ndarray) -> np.ndarray | sparse.csr_matrix:
+    """Rows ``rows`` (sorted) of an array, sparse matrix or backed matrix, as an array or CSR matrix."""
+    block = counts[rows]
+    return sparse.csr_matrix(block) if sparse.issparse(block) else np.asarray(block)
+
+
+def _log1p_moments(counts, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-gene mean and std of ``log(1 + counts)`` over ``rows`` (std 1 where it is 0), and library sizes.
+
+    ``counts`` is read ``_CHUNK_ROWS`` rows at a time (an array, a sparse matrix or a backed matrix).
+    """
+    n_genes = counts.shape[1]
+    total = np.zeros(n_genes)
+    total_sq = np.zeros(n_genes)
+    library = []
+    for start in range(0, rows.size, _CHUNK_ROWS):
+        block = _read(counts, rows[start : start + _CHUNK_ROWS])
+        library.append(np.asarray(block.sum(axis=1)).ravel())
+        if sparse.issparse(block):
+            logged = sparse.csr_matrix(block, dtype=np.float64, copy=True)
+            np.log1p(logged.data, out=logged.data)
+            total += np.asarray(logged.sum(axis=0)).ravel()
+            total_sq += np.asarray(logged.multiply(logged).sum(axis=0)).ravel()
+        else:
+            logged = np.log1p(np.asarray(block, dtype=np.float64))
+            total += logged.sum(axis=0)
+            total_sq += (logged**2).sum(axis=0)
+    n = rows.size
+    mean = total / max(n, 1)
+    var = np.maximum(total_sq / max(n, 1) - mean**2, 0.0) * n / max(n - 1, 1)
     std = np.sqrt(var)
     std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
+    library = np.concatenate(library) if library else np.zeros(0)
+    return mean.astype(np.float32), std.astype(np.float32), library
 
 
 def _counterfactual_profiles(
-    counts: np.ndarray | sparse.spmatrix, conditions: np.ndarray, qc: np.ndarray, n_conditions: int
+    counts, rows: np.ndarray, conditions: np.ndarray, qc: np.ndarray, n_conditions: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Median counts of each (condition, QC label) group: row ``2 c + l``; and whether it exists."""
+    """Median counts of each (condition, QC label) group of the cells ``rows``: row ``2 c + l``; and whether it exists.
+
+    ``conditions`` and ``qc`` are aligned with ``rows``. Each group's rows are read once (an array,
+    a sparse matrix or a backed matrix) and its medians taken over blocks of columns, so that no
+    dense block exceeds ``_MEDIAN_BLOCK`` elements however large the group (the control cells).
+    """
     n_genes = counts.shape[1]
     profiles = np.zeros((2 * n_conditions, n_genes), dtype=np.float32)
     valid = np.zeros(2 * n_conditions, dtype=bool)
     group = conditions * 2 + qc.astype(np.int64)
     order = np.argsort(group, kind="stable")
     bounds = np.searchsorted(group[order], np.arange(2 * n_conditions + 1))
-    counts = sparse.csr_matrix(counts) if sparse.issparse(counts) else np.asarray(counts)
     for g in range(2 * n_conditions):  # one vectorised median per group, not a loop over cells
-        members = order[bounds[g] : bounds[g + 1]]
-        if members.size:
-            block = counts[members]
-            block = block.toarray() if sparse.issparse(block) else block
-            profiles[g] = np.median(block, axis=0)
-            valid[g] = True
+        members = np.sort(rows[order[bounds[g] : bounds[g + 1]]])
+        if not members.size:
+            continue
+        block = _read(counts, members)
+        if sparse.issparse(block):
+            block = block.tocsc()
+        width = max(1, _MEDIAN_BLOCK // members.size)
+        for start in range(0, n_genes, width):
+            part = block[:, start : start + width]
+            part = part.toarray() if sparse.issparse(part) else part
+            profiles[g, start : start + width] = np.median(part, axis=0)
+        valid[g] = True
     return profiles, valid

@@ -85,6 +85,15 @@ def total_effects(effects: torch.Tensor, rows: torch.Tensor, n_hops: int) -> tor
     return total + F.one_hot(rows, effects.shape[0]).to(effects.dtype)
 
 
+def _data_parallel() -> bool:
+    """Whether this process trains as one of several data-parallel processes (``torch.distributed``)."""
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
 def khop_scores_dense(logits: torch.Tensor, n_hops: int) -> torch.Tensor:
     """All rows of :func:`khop_scores` through full matrix products (``O(T³ · K)``; for comparison only)."""
     n = logits.shape[0]
@@ -226,6 +235,8 @@ class GPOVAEModule(BaseModuleClass):
         # q(M): logits A, every edge probability 0.5 at initialisation (reference: mask_init = 0)
         self.grn_logits = nn.Parameter(torch.zeros(n_nodes, n_nodes))
         self.register_buffer("off_diagonal", 1.0 - torch.eye(n_nodes), persistent=False)
+        # max_effect on the off-diagonal (a signed effect's scale), one T × T product fewer per step
+        self.register_buffer("effect_scale", self.off_diagonal * max_effect, persistent=False)
         if gpo_form == "signed":
             # signed direct effects W = sigmoid(A) ⊙ max_effect · tanh(B)
             self.grn_effects = nn.Parameter(torch.zeros(n_nodes, n_nodes))
@@ -277,14 +288,34 @@ class GPOVAEModule(BaseModuleClass):
             return (logits > 0).to(logits.dtype).unsqueeze(0).expand(n_particles, -1, -1)
         return relaxed_bernoulli_straight_through(logits, temperature=self.temperature, sample_shape=(n_particles,))
 
-    def direct_effects(self) -> torch.Tensor:
-        """Signed direct effects ``W = sigmoid(A) ⊙ max_effect · tanh(B)`` (diagonal 0) of ``gpo_form="signed"``."""
-        return torch.sigmoid(self.grn_logits) * self.max_effect * torch.tanh(self.grn_effects) * self.off_diagonal
+    def direct_effects(self, probabilities: torch.Tensor | None = None) -> torch.Tensor:
+        """Signed direct effects ``W = sigmoid(A) ⊙ max_effect · tanh(B)`` (diagonal 0) of ``gpo_form="signed"``.
+
+        ``probabilities`` is ``sigmoid(A)`` when the caller already has it (the loss shares it with
+        the sparsity term).
+        """
+        if probabilities is None:
+            probabilities = torch.sigmoid(self.grn_logits)
+        return probabilities * torch.tanh(self.grn_effects) * self.effect_scale
 
     def embedding_guide(self, masks: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Location and scale of ``q(E_rows | M_rows)``, each ``n_particles × len(rows) × T``."""
-        one_hot = self.node_one_hot[rows].unsqueeze(0).expand(masks.shape[0], -1, -1)
-        return self.embedding_head(self.embedding_trunk(torch.cat([masks, one_hot], dim=-1)))
+        """Location and scale of ``q(E_rows | M_rows)``, each ``n_particles × len(rows) × T``.
+
+        The trunk's input is ``[mask row, one-hot node]``; its first layer is applied as
+        ``masks W_mᵀ + W_o[:, rows]ᵀ + b`` (the one-hot half of the product is a gather of weight
+        columns), and masks that are the same for every particle (an expanded tensor: expectation
+        masks, or the mode) go through the network once.
+        """
+        if masks.shape[0] > 1 and masks.stride(0) == 0:
+            loc, scale = self.embedding_guide(masks[:1], rows)
+            return loc.expand(masks.shape[0], -1, -1), scale.expand(masks.shape[0], -1, -1)
+        first, activation = self.embedding_trunk.layers[0]
+        n = self.n_nodes
+        node_part = first.weight[:, n:].t()[rows]  # len(rows) × hidden: the one-hot columns
+        h = activation(F.linear(masks, first.weight[:, :n]) + (node_part + first.bias))
+        for layer in self.embedding_trunk.layers[1:]:
+            h = layer(h) + h
+        return self.embedding_head(h)
 
     def artifact_guide(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of ``q(u)``."""
@@ -309,7 +340,11 @@ class GPOVAEModule(BaseModuleClass):
         self, x_normed_hidden: torch.Tensor, z_p: torch.Tensor, z_a: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``q(z_b | x, Z_p, Z_a)`` from the precomputed counts projection ``encoder_x(x)``."""
-        h = F.leaky_relu(x_normed_hidden.unsqueeze(0) + self.encoder_z(torch.cat([z_p, z_a], dim=-1)))
+        return self._basal_head(x_normed_hidden.unsqueeze(0) + self.encoder_z(torch.cat([z_p, z_a], dim=-1)))
+
+    def _basal_head(self, pre_activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The basal encoder after its first layer: activation, hidden layers and Gaussian head."""
+        h = F.leaky_relu(pre_activation)
         if self.encoder_trunk is not None:
             h = self.encoder_trunk(h)
         return self.encoder_head(h)
@@ -368,16 +403,24 @@ class GPOVAEModule(BaseModuleClass):
         batch = x.shape[0]
         out = self.perturbation_latent(design, n_particles, deterministic=deterministic)
         u_loc, u_scale = self.artifact_guide()
+        # the basal encoder's first layer on [Z_p, Z_a] = W_p Z_p + W_a Z_a: the Z_p part (T columns) is
+        # shared by the encoding and both counterfactual encodings, and W_a Z_a = a · (W_a u)
+        n = self.n_nodes
+        hz_p = F.linear(out["z_p"], self.encoder_z.weight[:, :n])
+        hz, hz_flipped = hz_p, None
         if self.use_artifact and qc is not None:
             u = u_loc.expand(n_particles, -1) if deterministic else Normal(u_loc, u_scale).rsample((n_particles,))
             a = qc.to(x.dtype).reshape(1, batch, 1)
             z_a = a * u.unsqueeze(1)
             z_a_flipped = (1.0 - a) * u.unsqueeze(1)
+            hu = F.linear(u, self.encoder_z.weight[:, n:]).unsqueeze(1)  # n_particles × 1 × hidden
+            hz = hz_p + a * hu
+            hz_flipped = hz_p + (1.0 - a) * hu
         else:
             z_a = x.new_zeros(n_particles, batch, self.n_latent)
             z_a_flipped = None
         hx = self.encoder_x(self.normalise_counts(x))
-        qz_loc, qz_scale = self.basal_posterior(hx, out["z_p"], z_a)
+        qz_loc, qz_scale = self._basal_head(hx.unsqueeze(0) + hz)
         z_b = qz_loc if deterministic else Normal(qz_loc, qz_scale).rsample()
         out.update(
             {
@@ -394,10 +437,11 @@ class GPOVAEModule(BaseModuleClass):
             # counterfactual partner: cells of the same condition with the opposite QC label
             partner_row = condition * 2 + (1 - qc.long())
             has_partner = self.cf_valid[partner_row]
-            partner = self.cf_profiles[partner_row]
-            hp = self.encoder_x(self.normalise_counts(partner))
-            out["qz_cf_loc"], out["qz_cf_scale"] = self.basal_posterior(hx, out["z_p"], z_a_flipped)
-            out["qz_partner_loc"], out["qz_partner_scale"] = self.basal_posterior(hp, out["z_p"], z_a_flipped)
+            # each profile is encoded once, however many cells of the minibatch share it
+            profiles, which = torch.unique(partner_row, return_inverse=True)
+            hp = self.encoder_x(self.normalise_counts(self.cf_profiles[profiles]))[which]
+            out["qz_cf_loc"], out["qz_cf_scale"] = self._basal_head(hx.unsqueeze(0) + hz_flipped)
+            out["qz_partner_loc"], out["qz_partner_scale"] = self._basal_head(hp.unsqueeze(0) + hz_flipped)
             out["has_partner"] = has_partner
         return out
 
@@ -441,22 +485,45 @@ class GPOVAEModule(BaseModuleClass):
         delta = expr - paired
         return (delta if signed else delta.abs()), weight.sum(1) > 0
 
-    def condition_mean_delta(self, condition: torch.Tensor, delta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def condition_mean_delta(
+        self, condition: torch.Tensor, delta: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean paired change of every condition over its training cells seen so far (``n_conditions × T_measured``).
 
         In training, the batch's cells (those with ``weights``) are first added to the running sums,
         so after one epoch a condition's row is the mean of ``ΔX`` over all its training cells: the
         per-cell noise of ``ΔX`` no longer reaches the fit, whose minimiser it would not change (the
-        squared error's minimiser is the mean) but whose gradient it would swamp.
+        squared error's minimiser is the mean) but whose gradient it would swamp. Under data-parallel
+        training (``torch.distributed`` initialised with several processes), every process adds the
+        cells of every process's minibatch, so the running sums stay the same on all of them.
+
+        ``rows`` (condition codes) returns those rows only (``len(rows) × T_measured``).
         """
         if self.training:
             w = weights.to(torch.float64).detach()
-            self.condition_delta_sum.index_add_(0, condition, delta.detach().to(torch.float64) * w[:, None])
-            self.condition_delta_count.index_add_(0, condition, w)
-        mean = self.condition_delta_sum / self.condition_delta_count.clamp_min(1.0)[:, None]
-        return mean.to(delta.dtype)
+            added = delta.detach().to(torch.float64) * w[:, None]
+            if _data_parallel():
+                sums = torch.zeros_like(self.condition_delta_sum).index_add_(0, condition, added)
+                counts = torch.zeros_like(self.condition_delta_count).index_add_(0, condition, w)
+                torch.distributed.all_reduce(sums)
+                torch.distributed.all_reduce(counts)
+                self.condition_delta_sum += sums
+                self.condition_delta_count += counts
+            else:
+                self.condition_delta_sum.index_add_(0, condition, added)
+                self.condition_delta_count.index_add_(0, condition, w)
+        total, count = self.condition_delta_sum, self.condition_delta_count
+        if rows is not None:
+            total, count = total[rows], count[rows]
+        return (total / count.clamp_min(1.0)[:, None]).to(delta.dtype)
 
-    def signed_fit_loss(self, design: torch.Tensor, target: torch.Tensor, n_hops: int | None = None) -> torch.Tensor:
+    def signed_fit_loss(
+        self,
+        design: torch.Tensor,
+        target: torch.Tensor,
+        n_hops: int | None = None,
+        probabilities: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean squared error of the direct-plus-paths explanation of single perturbations' mean changes.
 
         In a linear structural model ``x = x W + ε`` (row convention), knocking node ``r`` down by
@@ -480,6 +547,8 @@ class GPOVAEModule(BaseModuleClass):
             ``C × T_measured`` mean paired change of each condition.
         n_hops
             ``0`` leaves the paths out; defaults to the module's (``0`` for the ``"dge"`` ablation).
+        probabilities
+            ``sigmoid(A)`` when the caller already has it.
 
         Returns
         -------
@@ -499,7 +568,7 @@ class GPOVAEModule(BaseModuleClass):
         unit = -torch.ones_like(rows, dtype=target.dtype)
         knockdown = torch.where(self.node_measured[rows], observed[index, rows], unit)
         observed[index, rows] = 0.0  # the target itself is the direct term, not a path
-        effects = self.direct_effects()
+        effects = self.direct_effects(probabilities)
         predicted = knockdown[:, None] * effects[rows]
         if n_hops > 0:
             predicted = predicted + observed @ effects
@@ -544,18 +613,21 @@ class GPOVAEModule(BaseModuleClass):
             return residual.mean()
         return (residual * weights).sum() / weights.sum().clamp_min(1.0)
 
-    def sparsity_loss(self) -> torch.Tensor:
+    def sparsity_loss(self, probabilities: torch.Tensor | None = None) -> torch.Tensor:
         """``mean(sigmoid(A))`` (the reference's L1 norm of the edge probabilities over ``T²``).
 
         With ``gpo_form="signed"`` the diagonal is left out (self-loops are not edges there) and the
         sum is divided by the number of fitted conditions times measured nodes, the fit's own units.
+        ``probabilities`` is ``sigmoid(A)`` when the caller already has it.
         """
-        probabilities = torch.sigmoid(self.grn_logits)
+        if probabilities is None:
+            probabilities = torch.sigmoid(self.grn_logits)
         if self.gpo_form == "signed":
             # in the units of the fit: per condition and measured node, so that sparsity_weight sets the
             # smallest direct effect kept (about sparsity_weight / (2 · max_effect · gpo_weight · δ²))
             n_fitted = (self.condition_delta_count > 0).sum().clamp_min(1)
-            return (probabilities * self.off_diagonal).sum() / (n_fitted * self.measured_node_index.numel())
+            off_diagonal = probabilities.sum() - probabilities.diagonal().sum()
+            return off_diagonal / (n_fitted * self.measured_node_index.numel())
         return probabilities.mean()
 
     def loss(
@@ -577,8 +649,20 @@ class GPOVAEModule(BaseModuleClass):
         qc = qc.reshape(-1).to(x.dtype) if qc is not None else None
         batch = x.shape[0]
 
-        # reconstruction, averaged over particles
-        reconstruction = -generative_outputs["px"].log_prob(x).sum(-1).mean(0)
+        # reconstruction, averaged over particles; one particle at a time, so that the likelihood's
+        # temporaries are cells × genes rather than particles × cells × genes (large temporaries are
+        # fresh memory on every step, and touching fresh memory costs as much as the arithmetic)
+        px = generative_outputs["px"]
+        if px.mu.dim() == 3 and px.mu.shape[0] > 1:
+            reconstruction = (
+                sum(
+                    -NegativeBinomial(mu=mu, theta=theta).log_prob(x).sum(-1)
+                    for mu, theta in zip(px.mu.unbind(0), px.theta.unbind(0), strict=True)
+                )
+                / px.mu.shape[0]
+            )
+        else:
+            reconstruction = -px.log_prob(x).sum(-1).mean(0)
 
         # local KL of the basal state
         qz = Normal(inference_outputs["qz_loc"], inference_outputs["qz_scale"])
@@ -610,6 +694,7 @@ class GPOVAEModule(BaseModuleClass):
 
         # GPO terms
         gpo_fit = x.new_zeros(())
+        probabilities = None
         if self.gpo_loss in ("full", "dge", "dge_khop"):
             if PARTNER_X_KEY not in tensors:
                 raise KeyError(
@@ -622,17 +707,18 @@ class GPOVAEModule(BaseModuleClass):
                 weights = weights & (qc < 0.5)
             if self.gpo_form == "signed":
                 condition = tensors[CONDITION_REGISTRY_KEY].reshape(-1).long()
-                means = self.condition_mean_delta(condition, delta_x, weights)
                 fitted = condition[weights]
+                # one row per condition of the batch (any of its cells carries its design)
+                present, first = torch.unique(fitted, return_inverse=True)
+                means = self.condition_mean_delta(condition, delta_x, weights, rows=present)
                 if fitted.numel():
-                    # one row per condition of the batch (any of its cells carries its design)
-                    present, first = torch.unique(fitted, return_inverse=True)
                     cell = torch.zeros(present.numel(), dtype=torch.long, device=x.device)
                     cell.scatter_(0, first, torch.nonzero(weights).flatten())
-                    gpo_fit = self.signed_fit_loss(design[cell], means[present])
+                    probabilities = torch.sigmoid(self.grn_logits)  # shared with the sparsity term
+                    gpo_fit = self.signed_fit_loss(design[cell], means, probabilities=probabilities)
             else:
                 gpo_fit = self.grn_fit_loss(design, delta_x, weights=weights.to(x.dtype))
-        sparsity = self.sparsity_loss() if self.gpo_loss in ("full", "sparsity") else x.new_zeros(())
+        sparsity = self.sparsity_loss(probabilities) if self.gpo_loss in ("full", "sparsity") else x.new_zeros(())
 
         kl_local = {"kl_basal": kl_basal, "kl_mask": kl_mask, "kl_embedding": kl_embedding, "kl_artifact": kl_artifact}
         elbo_loss = (reconstruction + kl_weight * (kl_basal + kl_mask + kl_embedding + kl_artifact)).mean()

@@ -1,0 +1,194 @@
+"""Past one process and past memory: the distributed sampler path, condition means under data parallelism,
+per-epoch logging of the loss terms, and fitting from a backed (on-disk) AnnData.
+
+A full two-process DDP fit takes minutes on two cores; it lives in ``benchmarks/ddp.py``.
+"""
+
+from __future__ import annotations
+
+import anndata
+import numpy as np
+import pytest
+import scvi
+import torch
+from models.test_gpovae import SMALL, _screen
+from scipy import sparse
+
+from pertgrn.models import GPOVAE
+from pertgrn.models._base import PARTNER_INDEX_KEY, PARTNER_LIBRARY_KEY, PARTNER_X_KEY, PairedDataSplitter
+from pertgrn.models._gpovae import _module as gpovae_module
+from pertgrn.models._gpovae._trainingplan import GPOVAETrainingPlan
+
+
+@pytest.fixture(scope="module")
+def model() -> GPOVAE:
+    adata = _screen()
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    GPOVAE.setup_anndata(adata)
+    return GPOVAE(adata, **SMALL)
+
+
+def _expected_partners(model: GPOVAE, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``partner_x`` and ``partner_library`` of ``cells`` computed directly from the registered fields."""
+    counts = sparse.csr_matrix(model.adata.X).toarray()
+    index = np.asarray(model.adata.obsm["_pertgrn_partner_index"])[cells]
+    columns = model._partner_columns()
+    x = np.where(index[..., None] >= 0, counts[np.maximum(index, 0)][..., columns], 0.0)
+    library = np.where(index >= 0, counts[np.maximum(index, 0)].sum(-1), 0.0)
+    return x, library
+
+
+def test_distributed_sampler_shards_training_cells_and_attaches_partners(model, monkeypatch):
+    # two data-parallel processes, as DistributedSampler sees them (no process group needed)
+    from scvi.dataloaders._samplers import BatchDistributedSampler
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
+    monkeypatch.setattr(scvi.settings, "seed", None)  # processes spawned by Lightning do not inherit a seed
+    shards, train = [], None
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda *a, rank=rank, **k: rank)
+        # what train() passes to the splitter under DDP: the same split in every process, seed or not
+        kwargs = model._datasplitter_kwargs(
+            None, train_size=0.9, validation_size=None, shuffle_set_split=True, strategy="ddp_spawn"
+        )
+        splitter = PairedDataSplitter(model.adata_manager, batch_size=16, distributed_sampler=True, **kwargs)
+        splitter.setup()
+        loader = splitter.train_dataloader()
+        assert isinstance(loader.sampler, BatchDistributedSampler)
+        train = np.sort(loader.indices)
+        batches = [loader.indices[np.asarray(b)] for b in loader.sampler]
+        assert all(len(b) <= 16 for b in batches)
+        shards.append(np.concatenate(batches))
+        batch = next(iter(loader))
+        x, library = _expected_partners(model, batches[0])
+        np.testing.assert_array_equal(batch[PARTNER_X_KEY].numpy(), x)
+        np.testing.assert_array_equal(batch[PARTNER_LIBRARY_KEY].numpy(), library)
+        np.testing.assert_array_equal(
+            batch[PARTNER_INDEX_KEY].numpy(), model.adata.obsm["_pertgrn_partner_index"][batches[0]]
+        )
+    # equal shards that together cover every training cell (DistributedSampler pads the last by repeating)
+    assert len(shards[0]) == len(shards[1]) == int(np.ceil(train.size / 2))
+    assert set(shards[0]) | set(shards[1]) == set(train)
+    assert len(set(shards[0]) & set(shards[1])) <= train.size % 2
+    # without DDP (and without held-out cells) scvi-tools draws the split itself, as before
+    assert "external_indexing" not in model._datasplitter_kwargs(
+        None, train_size=0.9, validation_size=None, shuffle_set_split=True, strategy=None
+    )
+
+
+def test_condition_means_sum_the_cells_of_every_process(model, monkeypatch):
+    module = model.module
+    module.train()
+    torch.manual_seed(0)
+    condition = torch.tensor([1, 1, 2, 3])
+    delta = torch.randn(4, module.measured_node_index.numel())
+    weights = torch.tensor([True, True, False, True])
+    buffers = (module.condition_delta_sum.clone(), module.condition_delta_count.clone())
+    try:
+        means_single = module.condition_mean_delta(condition, delta, weights)
+        single = (module.condition_delta_sum - buffers[0], module.condition_delta_count - buffers[1])
+        module.condition_delta_sum.copy_(buffers[0])
+        module.condition_delta_count.copy_(buffers[1])
+        # two processes with the same minibatch: all_reduce sums their increments
+        monkeypatch.setattr(gpovae_module, "_data_parallel", lambda: True)
+        monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, *a, **k: tensor.mul_(2))
+        means_double = module.condition_mean_delta(condition, delta, weights, rows=torch.tensor([1, 3]))
+        np.testing.assert_allclose((module.condition_delta_sum - buffers[0]).numpy(), 2 * single[0].numpy())
+        np.testing.assert_allclose((module.condition_delta_count - buffers[1]).numpy(), 2 * single[1].numpy())
+        np.testing.assert_allclose(means_double.numpy(), means_single[[1, 3]].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(means_single[1].numpy(), delta[:2].mean(0).numpy(), rtol=1e-5)
+    finally:
+        module.condition_delta_sum.copy_(buffers[0])
+        module.condition_delta_count.copy_(buffers[1])
+        module.eval()
+
+
+def test_loss_terms_are_logged_once_per_epoch_as_weighted_means(model, monkeypatch):
+    from scvi.module.base import LossOutput
+    from scvi.train import TrainingPlan
+
+    plan = GPOVAETrainingPlan(model.module)
+    monkeypatch.setattr(TrainingPlan, "compute_and_log_metrics", lambda self, *a, **k: None)
+    monkeypatch.setattr(GPOVAETrainingPlan, "use_sync_dist", False)
+    logged = {}
+    monkeypatch.setattr(plan, "log", lambda name, value, **k: logged.__setitem__(name, (float(value), k)))
+    for value, n in ((1.0, 10), (4.0, 30)):
+        output = LossOutput(
+            loss=torch.tensor(0.0),
+            n_obs_minibatch=n,
+            extra_metrics={"gpo_fit": torch.tensor(value), "n_edges": torch.tensor(2 * value)},
+        )
+        plan.compute_and_log_metrics(output, {}, "train")
+    assert logged == {}  # nothing per step
+    plan._log_epoch_terms("train")
+    assert logged["gpo_fit_train"][0] == pytest.approx((1.0 * 10 + 4.0 * 30) / 40)
+    assert logged["n_edges_train"][0] == pytest.approx(2 * 3.25)
+    assert logged["gpo_fit_train"][1] == {"on_step": False, "on_epoch": True, "sync_dist": False}
+    plan._log_epoch_terms("train")  # a new epoch starts from zero
+    assert len(logged) == 2
+
+
+def test_fused_adam_where_available(model):
+    plan = GPOVAETrainingPlan(model.module, grn_lr=0.05)
+    optimizer = plan.configure_optimizers()["optimizer"]
+    assert bool(optimizer.defaults.get("fused")) == _has_cpu_fused()
+    assert [group["lr"] for group in optimizer.param_groups] == [plan.lr, 0.05]
+
+
+def _has_cpu_fused() -> bool:
+    try:
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def test_fit_from_a_backed_anndata_matches_in_memory(tmp_path):
+    adata = _screen()
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    path = tmp_path / "screen.h5ad"
+    adata.write_h5ad(path)
+    backed = anndata.read_h5ad(path, backed="r")
+    assert backed.isbacked and not sparse.issparse(backed.X)  # X stays on disk
+
+    GPOVAE.setup_anndata(adata)
+    in_memory = GPOVAE(adata, **SMALL)
+    GPOVAE.setup_anndata(backed)
+    on_disk = GPOVAE(backed, **SMALL)
+    # set-up statistics read from disk in chunks equal those of the in-memory matrix
+    for name in ("log_mean", "log_std", "target_sum", "node_counts", "cf_profiles", "cf_valid"):
+        np.testing.assert_allclose(
+            getattr(on_disk.module, name).numpy(), getattr(in_memory.module, name).numpy(), rtol=1e-6, err_msg=name
+        )
+    # a paired minibatch read from disk equals the in-memory one
+    from pertgrn.models._base import PairedAnnDataLoader
+
+    cells = np.flatnonzero(adata.obs["pertgrn_condition"] != adata.uns["pertgrn"]["control"])[:20]
+    batches = [
+        next(
+            iter(
+                PairedAnnDataLoader(m.adata_manager, indices=cells, batch_size=20, partner_columns=m._partner_columns())
+            )
+        )
+        for m in (in_memory, on_disk)
+    ]
+    for key in ("X", PARTNER_X_KEY, PARTNER_LIBRARY_KEY, PARTNER_INDEX_KEY):
+        np.testing.assert_array_equal(batches[0][key].numpy(), batches[1][key].numpy(), err_msg=key)
+    # and the backed model trains, embeds and predicts
+    scvi.settings.seed = 0
+    on_disk.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    assert np.isfinite(on_disk.history_summary()["train_loss"].to_numpy()).all()
+    assert on_disk.get_latent_representation().shape == (adata.n_obs, SMALL["n_latent"])
+    assert np.isfinite(on_disk.get_ate([on_disk.nodes[0]], n_cells=20).to_numpy()).all()
+    backed.file.close()
+
+
+def test_registered_fields_pickle_for_spawned_processes(model):
+    # Lightning's ddp_spawn pickles the training plan and data splitter, registered fields included
+    import pickle
+
+    fields = pickle.loads(pickle.dumps(model.adata_manager.fields))
+    recomputed = [f._compute(model.adata, {"column_names": f._columns}) for f in fields if hasattr(f, "_compute")]
+    assert len(recomputed) == 3  # design, partner indices, partner weights
+    np.testing.assert_array_equal(recomputed[1], model.adata.obsm["_pertgrn_partner_index"])
