@@ -60,13 +60,11 @@ def test_cli_help_imports_nothing_heavy():
 
 
 def test_readers_metrics_plots_and_tools_do_not_load_the_models():
-    # `pp` is left out until pp._ot_pairing imports POT (which imports torch) inside its function, as its
-    # owner is making it do; then add "pp" here
     out = _run(
         f"""
         import json, sys
         import pertgrn
-        for name in ("get", "metrics", "datasets", "pl", "tl"):
+        for name in ("get", "metrics", "datasets", "pl", "pp", "tl"):
             getattr(pertgrn, name)
         print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))
         """
