@@ -128,6 +128,8 @@ def test_writes_the_contract_and_survives_h5ad(tiny, tmp_path):
         ({"pairing_key": "missing"}, KeyError),
         ({"extended_key": "missing"}, KeyError),
         ({"layer": "missing"}, KeyError),
+        ({"grn_min_weight": -0.1}, ValueError),
+        ({"grn_min_weight": float("nan")}, ValueError),
     ],
 )
 def test_bad_input_leaves_adata_unchanged(tiny, kwargs, error):
@@ -139,6 +141,25 @@ def test_bad_input_leaves_adata_unchanged(tiny, kwargs, error):
     pd.testing.assert_frame_equal(adata.obs, obs)
     pd.testing.assert_frame_equal(adata.var, var)
     assert {slot: sorted(getattr(adata, slot).keys()) for slot in keys} == keys
+
+
+def test_grn_min_weight_sets_which_edges_are_stored(tiny):
+    adata = tiny.copy()
+    model = pg.tl.fit_gpovae(adata, max_epochs=1, grn_min_weight=0.0, model_kwargs=SMALL, train_kwargs=QUIET)
+    record = read_grn(adata, "gpovae")
+    assert adata.uns["gpovae"]["edge_rule"]["min_weight"] == 0.0
+    probabilities = model.get_grn().to_numpy()
+    distinct = ~np.eye(len(model.nodes), dtype=bool)
+    # every pair of distinct nodes is stored, none of the (empty) self-loops
+    stored = pg.get.grn_df(adata, key="gpovae")
+    assert len(stored) == int((probabilities[distinct] > 0).sum()) == distinct.sum()
+    assert (stored["source"] != stored["target"]).all()
+    np.testing.assert_allclose(record.weights[distinct], probabilities[distinct], rtol=1e-5)
+    # a higher cut stores exactly the pairs above it; the same seed gives the same probabilities
+    cut = float(np.median(probabilities[distinct]))
+    higher = tiny.copy()
+    pg.tl.fit_gpovae(higher, max_epochs=1, grn_min_weight=cut, model_kwargs=SMALL, train_kwargs=QUIET)
+    assert len(pg.get.grn_df(higher, key="gpovae")) == int((probabilities[distinct] > cut).sum()) < len(stored)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ def fit_gpovae(
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
     random_state: int | None = 0,
+    grn_min_weight: float | None = None,
 ) -> GPOVAE:
     """Fit GPO-VAE to a CRISPR screen and write its latents and GRN into ``adata``.
 
@@ -55,8 +56,9 @@ def fit_gpovae(
     extended_key
         Bool ``var`` column of the extended genes (GRN nodes beside the targets); ``None``: targets only.
     max_epochs
-        Maximum epochs (early stopping on the validation loss may end sooner); ``None`` uses
-        scvi-tools' heuristic.
+        Epochs to train; ``None`` uses the model's default (the default preset: the epochs that
+        make about 2,000 optimisation steps, whatever the screen's size; see
+        :class:`pertgrn.models.GPOVAE`).
     model_kwargs
         Keyword arguments of :class:`pertgrn.models.GPOVAE` (e.g. ``gpo_loss``, ``gpo_offset``).
     train_kwargs
@@ -65,6 +67,13 @@ def fit_gpovae(
     random_state
         Seed set through ``scvi.settings.seed`` (torch, numpy, Python) before building the model;
         ``None`` leaves the global seeds alone.
+    grn_min_weight
+        Edges whose probability exceeds this are stored in ``varp`` and the GRN record; ``None``
+        uses the model's rule (0.01 for the default preset, whose non-edges go to about 0.001;
+        0.05 for ``preset="reference"``). ``0`` stores every pair of distinct nodes, which is what
+        rankings over all pairs (AUPRC, the strongest ``n`` edges in :func:`pertgrn.tl.evaluate`)
+        need; at a few hundred nodes that is still small. :meth:`pertgrn.models.GPOVAE.get_grn`
+        always returns the whole matrix.
 
     Returns
     -------
@@ -74,8 +83,8 @@ def fit_gpovae(
         ``n_obs × n_latent`` float32 posterior mean of the basal state.
     ``varp["<key_added>_grn"]``
         ``n_vars × n_vars`` float32 CSR of the edge probabilities ``sigmoid(A)`` between measured
-        nodes that exceed ``GPOVAE.grn_min_weight`` (0.05; row = regulator, column = target; the
-        diagonal holds the self-loops).
+        nodes that exceed ``grn_min_weight`` (row = regulator, column = target; the default
+        preset has no self-loops).
     ``uns[key_added]``
         The GRN record (:mod:`pertgrn._grn_store`): ``level`` (``"gene"``), ``signed`` (False),
         ``edge_rule``, ``nodes`` (every target, measured or not, then the extended genes) and
@@ -127,6 +136,7 @@ def fit_gpovae(
         train_kwargs=train_kwargs,
         max_epochs=max_epochs,
         random_state=random_state,
+        grn_min_weight=grn_min_weight,
     )
     warn_if_near_prior(model)
     return model

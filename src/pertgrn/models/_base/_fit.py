@@ -98,6 +98,7 @@ def fit_model(
     train_kwargs: Mapping[str, Any] | None,
     max_epochs: int | None,
     random_state: int | None,
+    grn_min_weight: float | None = None,
 ) -> PerturbationModel:
     """Validate, set up, train and write back; what every ``tl.fit_*`` does.
 
@@ -134,6 +135,13 @@ def fit_model(
         raise ValueError(f"`max_epochs` must be a positive integer or None, found {max_epochs!r}.")
     if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
         raise TypeError(f"`random_state` must be an integer or None, found {random_state!r}.")
+    if grn_min_weight is not None and (
+        isinstance(grn_min_weight, bool)
+        or not isinstance(grn_min_weight, numbers.Real)
+        or not np.isfinite(grn_min_weight)
+        or grn_min_weight < 0
+    ):
+        raise ValueError(f"`grn_min_weight` must be a non-negative number or None, found {grn_min_weight!r}.")
     check_test_key(adata, test_key)
 
     if random_state is not None:
@@ -149,7 +157,7 @@ def fit_model(
         "test_key": test_key,
         "random_state": random_state,
     }
-    write_results(model, adata, key_added=key_added, params=params)
+    write_results(model, adata, key_added=key_added, params=params, grn_min_weight=grn_min_weight)
     return model
 
 
@@ -171,8 +179,18 @@ def predicted_condition_effects(model: PerturbationModel, adata: AnnData) -> pd.
     return ate
 
 
-def write_results(model: PerturbationModel, adata: AnnData, *, key_added: str, params: Mapping[str, Any]) -> None:
+def write_results(
+    model: PerturbationModel,
+    adata: AnnData,
+    *,
+    key_added: str,
+    params: Mapping[str, Any],
+    grn_min_weight: float | None = None,
+) -> None:
     """Write what a fitted model learned into ``adata`` (computed first, then written).
+
+    ``grn_min_weight`` replaces the model's storage rule (edges whose strength exceeds it are
+    stored); ``None`` keeps the model's own.
 
     ``obsm["X_<key_added>"]``
         ``n_obs × n_latent`` float32 latent of every cell (:meth:`get_latent_representation`).
@@ -188,6 +206,8 @@ def write_results(model: PerturbationModel, adata: AnnData, *, key_added: str, p
     keys = result_keys(key_added)
     latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
     record = model._grn_record()
+    if grn_min_weight is not None:
+        record.min_weight = float(grn_min_weight)
     loadings = model.get_loadings() if model.has_loadings else None
     uns_extra = model._uns_extra()
     history = model.history_summary()

@@ -254,7 +254,7 @@ class GCRLVAE(PerturbationModel):
         "plan_kwargs": {"lr": 1e-3},
         "trainer_kwargs": {"log_every_n_steps": 1},
     }
-    #: DAG edges with |weight| at or below this are not stored or lifted (the GRN record's rule)
+    #: DAG edges whose absolute weight is at or below this are not stored or lifted (the GRN record's rule)
     grn_min_weight = 0.05
 
     def __init__(
