@@ -245,6 +245,201 @@ def test_plan_step_skips_what_matches_and_reruns_what_does_not(workdir):
     assert plan_step(perturbations, adata, {**opts, "delimiter": "_"}, earlier_ran=False)[0] is True
 
 
+# ---------------------------------------------------------------------------------------- gcrlvae
+#: gCRL-VAE's run: a small model, two epochs, a quick community scan
+GCRL_FLAGS = [
+    "--tfs",
+    "tfs.txt",
+    "--test-key",
+    "test",
+    "--max-epochs",
+    "2",
+    "--accelerator",
+    "cpu",
+    "--model-kwargs",
+    json.dumps({"n_hidden": 32}),
+    "--train-kwargs",
+    json.dumps({"enable_progress_bar": False, "batch_size": 32}),
+    "--pp-kwargs",
+    json.dumps({"tf_communities": {"n_runs": 10, "n_perm": 0}}),
+]
+GCRL_STEPS = ["reference_grn", "tf_communities", "tf_activity"]
+
+
+def _modular_screen() -> ad.AnnData:
+    """The screen of ``tests/models/cases.py::modular_screen`` before its preprocessing."""
+    return pg.datasets.simulate(
+        n_genes=60,
+        n_regulators=12,
+        n_tf_modules=2,
+        n_perturbed=4,
+        n_doubles=1,
+        n_unmeasured_targets=0,
+        n_control=200,
+        cells_per_condition=30,
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def gcrl_workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli_gcrl")
+    screen = _modular_screen()
+    screen.write_h5ad(folder / "screen.h5ad")
+    tfs = screen.var_names[screen.var["true_tf_module"] >= 0]
+    (folder / "tfs.txt").write_text("\n".join(tfs) + "\n")
+    (folder / "unmeasured_tfs.txt").write_text("NOT_A_TF\nNEITHER\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gcrl_fitted(gcrl_workdir) -> subprocess.CompletedProcess:
+    result = pertgrn("fit", "gcrlvae", "screen.h5ad", "-o", "fit.h5ad", *GCRL_FLAGS, cwd=gcrl_workdir)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_fit_gcrlvae_runs_gcrls_chain_without_the_held_out_cells(gcrl_workdir, gcrl_fitted):
+    adata = ad.read_h5ad(gcrl_workdir / "fit.h5ad")
+    test = adata.obs["test"].to_numpy()
+    assert test.dtype == bool and 0.1 < test.mean() < 0.3
+    # the chain, held-out cells kept out of the reference GRN and the activities' fit
+    grn = adata.uns["reference_grn"]
+    assert grn["params"]["test_key"] == "test" and grn["params"]["tfs"] == str((gcrl_workdir / "tfs.txt").resolve())
+    controls = (adata.obs["pertgrn_condition"] == "control").to_numpy()
+    assert grn["summary"]["n_fit_cells"] == int((controls & ~test).sum())
+    assert adata.uns["tf_activity"]["n_fit_cells"] == int((~test).sum())
+    n_communities = int(adata.uns["tf_communities"]["n_communities"])
+    assert n_communities >= 1 and adata.uns["tf_communities"]["params"]["n_runs"] == 10
+    assert adata.obsm["X_tf_activity"].shape == (adata.n_obs, n_communities + 1)
+    # the fit: one latent per activity column, the lifted GRN, the record
+    assert adata.obsm["X_gcrlvae"].shape == (adata.n_obs, n_communities + 1)
+    assert adata.varp["gcrlvae_grn"].shape == (adata.n_vars, adata.n_vars)
+    record = adata.uns["gcrlvae"]
+    assert record["level"] == "latent" and record["variant"] == "gcrl"
+    assert record["params"]["test_key"] == "test" and record["params"]["n_epochs_trained"] == 2
+    # gCRL's default: random control partners, no OT pairing
+    assert record["params"]["setup"].get("pairing_key") is None and "_pertgrn_partner_index" not in adata.obsm
+    assert (gcrl_workdir / "fit_model" / "model.pt").is_file()
+
+    summary = json.loads((gcrl_workdir / "fit.json").read_text())
+    assert summary["model"] == "gcrlvae" and summary["model_class"] == "GCRLVAE"
+    steps = {s["step"]: (s["ran"], s["reason"]) for s in summary["preprocessing"]}
+    assert list(steps) == ["annotate_perturbations", "split_cells", *GCRL_STEPS, "ot_pairing"]
+    assert all(steps[name] == (True, "absent") for name in GCRL_STEPS)
+    assert steps["ot_pairing"] == (False, "not needed")
+    assert summary["options"]["pairing_key"] is None and summary["options"]["variant"] == "gcrl"
+    assert summary["n_epochs"] == 2 and summary["n_edges_stored"] == adata.varp["gcrlvae_grn"].nnz
+    written = summary["keys_written"]
+    assert {"X_gcrlvae", "X_tf_activity"} <= set(written["obsm"]) and written["varp"] == ["gcrlvae_grn"]
+    assert {"gcrlvae", "reference_grn", "tf_communities", "tf_activity"} <= set(written["uns"])
+    assert "pertgrn_tf_community" in written["var"]
+    assert gcrl_fitted.stdout.startswith("pertgrn fit gcrlvae: 350 cells x 60 genes, 5 preprocessing step(s) run")
+
+
+@pytest.mark.slow
+def test_fit_gcrlvae_again_skips_gcrls_steps_and_reruns_what_changed(gcrl_workdir, gcrl_fitted):
+    result = pertgrn(
+        "fit", "gcrlvae", "fit.h5ad", "-o", "refit.h5ad", "--key-added", "g2", *GCRL_FLAGS, cwd=gcrl_workdir
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((gcrl_workdir / "refit.json").read_text())
+    assert [(s["ran"], s["reason"]) for s in summary["preprocessing"]] == [(False, "present")] * 5 + [
+        (False, "not needed")
+    ]
+    written = summary["keys_written"]  # the second model's keys, no pp key rewritten
+    assert {"X_g2"} <= set(written["obsm"]) and "X_tf_activity" not in written["obsm"]
+    assert not {"reference_grn", "tf_communities", "tf_activity"} & set(written["uns"]) and "var" not in written
+    before, after = ad.read_h5ad(gcrl_workdir / "fit.h5ad"), ad.read_h5ad(gcrl_workdir / "refit.h5ad")
+    np.testing.assert_array_equal(after.obsm["X_tf_activity"], before.obsm["X_tf_activity"])
+    assert "X_gcrlvae" in after.obsm and after.obsm["X_g2"].shape == before.obsm["X_gcrlvae"].shape
+    # the evaluation reads the model's record as for the other models
+    evaluated = pertgrn("evaluate", "refit.h5ad", "--keys", "gcrlvae,g2", "--test-key", "test", cwd=gcrl_workdir)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.split()[:2] == ["gcrlvae", "g2"] and "tmex" in evaluated.stdout
+
+
+def test_gcrl_steps_are_skipped_when_their_records_agree(gcrl_workdir):
+    adata = _modular_screen()
+    pg.pp.annotate_perturbations(adata)
+    pg.pp.split_cells(adata, key_added="test")
+    opts = resolve_fit_options(
+        argparse.Namespace(model="gcrlvae", test_key="test", tfs=str(gcrl_workdir / "tfs.txt")),
+        MODELS["gcrlvae"].defaults,
+    )
+    steps = [STEPS[name] for name in GCRL_STEPS]
+    for step in steps:
+        assert step.needed(opts) and plan_step(step, adata, opts, earlier_ran=False) == (True, "absent")
+        step.function()(
+            adata,
+            **step.call_arguments(adata, opts),
+            **({"n_runs": 10, "n_perm": 0} if step.name == "tf_communities" else {}),
+        )
+    assert adata.uns["tf_activity"]["n_fit_cells"] == int((~adata.obs["test"]).sum())
+    opts = {**opts, "pp_kwargs": {"tf_communities": {"n_runs": 10}}}
+    assert [plan_step(step, adata, opts, earlier_ran=False) for step in steps] == [(False, "present")] * 3
+    grn, communities, activity = steps
+    # another TF list, a prior, other held-out cells, another scan: the step reruns
+    runs, reason = plan_step(grn, adata, {**opts, "tfs": "other.txt"}, earlier_ran=False)
+    assert runs and reason.startswith("present but computed with tfs=") and "other.txt" in reason
+    runs, reason = plan_step(grn, adata, {**opts, "prior": "prior.csv"}, earlier_ran=False)
+    assert runs and "prior=None" in reason
+    assert plan_step(grn, adata, {**opts, "test_key": None}, earlier_ran=False)[0]
+    assert plan_step(communities, adata, {**opts, "pp_kwargs": {"tf_communities": {"n_runs": 20}}}, earlier_ran=False)[
+        0
+    ]
+    runs, reason = plan_step(activity, adata, {**opts, "test_key": None}, earlier_ran=False)
+    assert runs and reason == "present but computed with test_key=\"<fit_mask 'array' of 280 cells>\" (asked: None)"
+    # activities fitted on other cells (here the controls) are not those of the held-out split
+    pg.pp.tf_activity(adata, fit_mask=(adata.obs["pertgrn_condition"] == "control").to_numpy())
+    runs, reason = plan_step(activity, adata, opts, earlier_ran=False)
+    assert runs and "fit_mask 'array'" in reason
+    # --activity-key none (d-VAE, id-VAE): no gCRL step; other communities: no GRN, activities from them
+    assert not any(step.needed({**opts, "activity_key": None}) for step in steps)
+    mine = {**opts, "communities_key": "my_communities"}
+    assert not grn.needed(mine) and not communities.needed(mine) and activity.needed(mine)
+    assert activity.call_arguments(adata, mine)["key"] == "my_communities"
+
+
+@pytest.mark.slow
+def test_predict_loads_a_saved_gcrlvae(gcrl_workdir, gcrl_fitted):
+    adata = ad.read_h5ad(gcrl_workdir / "fit.h5ad")
+    single, other = adata.uns["pertgrn"]["targets"][:2]
+    labels = [single, f"{single}+{other}", "control"]
+    result = pertgrn(
+        "predict",
+        "fit_model",
+        "fit.h5ad",
+        "--perturbations",
+        ",".join(labels),
+        "-n",
+        "5",
+        "-o",
+        "pred.h5ad",
+        cwd=gcrl_workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pertgrn predict: 15 cells x 60 genes from GCRLVAE for 3 perturbation(s)")
+    predicted = ad.read_h5ad(gcrl_workdir / "pred.h5ad")
+    from pertgrn.models import GCRLVAE
+
+    model = GCRLVAE.load(str(gcrl_workdir / "fit_model"), adata=adata, accelerator="cpu")
+    np.testing.assert_allclose(predicted.X, model.predict(perturbations=labels, n_cells=5, seed=0).X, rtol=1e-5)
+
+
+def test_fit_gcrlvae_with_no_measured_tf_exits_2_and_leaves_the_input(gcrl_workdir, capsys, monkeypatch):
+    monkeypatch.chdir(gcrl_workdir)
+    (gcrl_workdir / "mine.h5ad").write_bytes((gcrl_workdir / "screen.h5ad").read_bytes())
+    before, content = _files(gcrl_workdir), (gcrl_workdir / "mine.h5ad").read_bytes()
+    args = ["fit", "gcrlvae", "mine.h5ad", "-o", "mine.h5ad", "--tfs", "unmeasured_tfs.txt", "--max-epochs", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("pertgrn: error: fit: None of the 2 listed TFs") and "NOT_A_TF" in err
+    assert _files(gcrl_workdir) == before and (gcrl_workdir / "mine.h5ad").read_bytes() == content
+    (gcrl_workdir / "mine.h5ad").unlink()
+
+
 # -------------------------------------------------------------------------------------- predict
 @pytest.mark.slow
 def test_predict_writes_the_cells_the_saved_model_predicts(workdir, fitted):
@@ -357,6 +552,31 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, args, messa
         ),
         (["predict", "screen.h5ad", "screen.h5ad", "--perturbations", "A", "-o", "p.h5ad"], "no model.pt"),
         (["evaluate", "screen.h5ad", "--keys", "gpovae", "-o", "m.json"], "no model or baseline output under"),
+        (["fit", "gcrlvae", "screen.h5ad", "-o", "out.h5ad"], "gcrlvae needs --tfs PATH"),
+        (["fit", "gcrlvae", "screen.h5ad", "-o", "out.h5ad", "--tfs", "absent.txt"], "--tfs file 'absent.txt'"),
+        (["fit", "gcrlvae", "screen.h5ad", "-o", "out.h5ad", "--tfs", "run.toml", "--variant", "e"], "'gcrl', 'id'"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--tfs", "run.toml"], "--tfs does not apply to gpovae"),
+        (["fit", "raptorgraph", "screen.h5ad", "-o", "out.h5ad", "--variant", "d"], "--variant does not apply"),
+        (["fit", "gpovae", "screen.h5ad", "-o", "out.h5ad", "--grn-min-weight", "-1"], "non-negative number"),
+        (["fit", "raptorgraph", "screen.h5ad", "-o", "out.h5ad", "--grn-min-weight", "0"], "does not apply"),
+        (
+            ["fit", "gcrlvae", "screen.h5ad", "-o", "out.h5ad", "--tfs", "run.toml", "--activity-key", "X_mine"],
+            "'X_mine' is not a key of obsm",
+        ),
+        (
+            [
+                "fit",
+                "gcrlvae",
+                "screen.h5ad",
+                "-o",
+                "o.h5ad",
+                "--tfs",
+                "run.toml",
+                "--pp-kwargs",
+                '{"tf_activity": {"fit_mask": "test"}}',
+            ],
+            "fit_mask: --test-key",
+        ),
     ],
 )
 def test_bad_input_found_in_process_exits_2(workdir, capsys, monkeypatch, args, message):
@@ -440,6 +660,10 @@ def test_run_file_sections_aliases_and_precedence(tmp_path):
     assert opts["seed"] == 5 and opts["layer"] == "counts" and opts["qc_key"] is None
     assert opts["model_kwargs"] == {"n_latent": 4, "preset": "reference"}  # merged, the command line over the file
     assert opts["test_key"] is None and opts["pairing_key"] == "ot_pairing"  # defaults
+    # a model's own default (gCRL pairs with random controls) gives way to the file and the command line
+    assert resolve_fit_options(args, MODELS["gcrlvae"].defaults)["pairing_key"] is None
+    args.pairing_key = "ot_pairing"
+    assert resolve_fit_options(args, MODELS["gcrlvae"].defaults)["pairing_key"] == "ot_pairing"
 
 
 @pytest.mark.parametrize(
@@ -449,6 +673,7 @@ def test_run_file_sections_aliases_and_precedence(tmp_path):
         ("layer = 'a'\n[setup]\nlayer = 'b'\n", "'layer' is given twice"),
         ("[setup]\nmax_epochs = 3\n", "[setup] holds"),
         ("max_epochs = 0\n", "positive integer"),
+        ("grn_min_weight = 'low'\n", "non-negative number"),
         ("max_epochs = \n", "cannot read the run file"),
     ],
 )

@@ -15,11 +15,13 @@ from pertgrn.cli._models import MODELS, import_object
 from pertgrn.cli._options import (
     FIT_OPTIONS,
     OPTIONS_BY_NAME,
+    TF_ACTIVITY_KEY,
+    TF_COMMUNITIES_KEY,
     UsageError,
     add_fit_options,
     resolve_fit_options,
 )
-from pertgrn.cli._steps import COMMON_STEPS, STEPS, plan_step
+from pertgrn.cli._steps import COMMON_STEPS, STEP_OPTIONS, STEPS, plan_step
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -33,7 +35,11 @@ FIT_ARGUMENTS = (
     "pairing_key",
     "pairing",
     "extended_key",
+    "variant",
+    "activity_key",
+    "communities_key",
     "max_epochs",
+    "grn_min_weight",
     "model_kwargs",
     "train_kwargs",
 )
@@ -43,12 +49,13 @@ SLOTS = ("obs", "var", "obsm", "varm", "obsp", "varp", "layers", "uns")
 
 DESCRIPTION = """\
 Run the preprocessing chain MODEL needs on IN.h5ad (pp.annotate_perturbations, pp.split_cells when
---test-key names a column that is absent, then e.g. annotate_qc, select_extended_genes, ot_pairing),
+--test-key names a column that is absent, then e.g. annotate_qc, select_extended_genes, ot_pairing;
+for gcrlvae reference_grn with --tfs, tf_communities, tf_activity),
 fit the model with pertgrn.tl.fit_<MODEL>, and write the annotated screen (OUT.h5ad), the saved
 model (--model-dir) and a JSON summary (--summary). A step is skipped when its keys are present and
 were computed with what this run asks for; --redo reruns every step. Options can also come from a
 TOML run file (--config): top-level keys are the options' names (test_key = "test"), [setup] may
-hold layer / qc_key / pairing_key / extended_key, [model] and [train] the model's and training
+hold the set-up options (layer, qc_key, pairing_key, ...), [model] and [train] the model's and training
 arguments, [pp.<step>] a step's arguments; the command line wins over the file.
 """
 
@@ -120,11 +127,34 @@ def _check_arguments(model_cls: type, opts: Mapping[str, Any]) -> None:
         unknown = sorted(set(kwargs) - set(parameters) - {"adata"})
         if unknown:
             raise UsageError(f"pp.{name} has no argument(s) {unknown}.")
-        managed = sorted(set(kwargs) & ({"adata", "copy"} | set(step.arguments(opts))))
+        managed = sorted(set(kwargs) & ({"adata", "copy"} | set(step.arguments(opts)) | set(step.prepared)))
         if managed:
-            flags = {"random_state": "--seed", "seed": "--seed", "key_added": "--test-key / --pairing-key"}
-            hints = ", ".join(f"{name}: {flags.get(name, '--' + name.replace('_', '-'))}" for name in managed)
+            flags = {
+                "random_state": "--seed",
+                "seed": "--seed",
+                "key_added": {"split_cells": "--test-key", "ot_pairing": "--pairing-key"}.get(name, "fixed"),
+                "key": "--communities-key" if name == "tf_activity" else "fixed",
+                "fit_mask": "--test-key",
+            }
+            hints = ", ".join(f"{arg}: {flags.get(arg, '--' + arg.replace('_', '-'))}" for arg in managed)
             raise UsageError(f"pp_kwargs[{name!r}] sets {managed}, which the command line sets ({hints}).")
+
+
+def _check_step_options(opts: Mapping[str, Any], steps: list[str], model: str) -> None:
+    """Options only a step reads: refused where the model's chain lacks the step, required where it runs it."""
+    for name, step in STEP_OPTIONS.items():
+        flag = OPTIONS_BY_NAME[name].flags[0]
+        if opts[name] is not None and step not in steps:
+            raise UsageError(f"{flag} does not apply to {model}: pp.{step} is not a step of its chain {steps}.")
+    if "reference_grn" in steps and STEPS["reference_grn"].needed(opts) and opts["tfs"] is None:
+        raise UsageError(
+            f"{model} needs --tfs PATH, a text file of TF symbols one per line, for pp.reference_grn "
+            "(or --communities-key naming TF communities of the input; or --activity-key none, with --variant "
+            "id or d)."
+        )
+    for name in STEP_OPTIONS:
+        if opts[name] is not None and not Path(opts[name]).is_file():
+            raise UsageError(f"{OPTIONS_BY_NAME[name].flags[0]} file {opts[name]!r} does not exist.")
 
 
 def _check_keys(adata: AnnData, opts: Mapping[str, Any]) -> None:
@@ -158,6 +188,16 @@ def _check_keys(adata: AnnData, opts: Mapping[str, Any]) -> None:
             f"--test-key {test_key!r} must name a boolean obs column (True = held-out cell), "
             f"found dtype {adata.obs[test_key].dtype}."
         )
+    if opts["communities_key"] != TF_COMMUNITIES_KEY and opts["communities_key"] not in adata.uns:
+        raise UsageError(
+            f"--communities-key {opts['communities_key']!r} is not a key of uns; leave it at {TF_COMMUNITIES_KEY!r} "
+            "to run pp.reference_grn and pp.tf_communities."
+        )
+    if opts["activity_key"] not in (None, TF_ACTIVITY_KEY) and opts["activity_key"] not in adata.obsm:
+        raise UsageError(
+            f"--activity-key {opts['activity_key']!r} is not a key of obsm; leave it at {TF_ACTIVITY_KEY!r} to run "
+            "pp.tf_activity, or 'none' for no activities (--variant id or d)."
+        )
     if opts["layer"] is not None and opts["layer"] not in adata.layers:
         raise UsageError(f"--layer {opts['layer']!r} is not a layer of the input; layers: {sorted(adata.layers)}.")
 
@@ -177,8 +217,8 @@ def _add_keys(written: dict[str, set[str]], keys: Mapping[str, Any]) -> None:
 def run(args: argparse.Namespace, stdout: TextIO) -> int:
     """Run ``pertgrn fit``."""
     start = time.perf_counter()
-    opts = resolve_fit_options(args)
     entry = MODELS[args.model]
+    opts = resolve_fit_options(args, entry.defaults)
     output = check_output_path(Path(args.output), "output file")
     model_dir = check_model_dir(Path(args.model_dir) if args.model_dir else output.with_name(f"{output.stem}_model"))
     summary_path = check_output_path(Path(args.summary) if args.summary else output.with_suffix(".json"), "summary")
@@ -188,6 +228,7 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
     unknown_steps = sorted(set(opts["pp_kwargs"]) - set(steps))
     if unknown_steps:
         raise UsageError(f"pp_kwargs names {unknown_steps}, which are not steps of {entry.fit}'s chain {steps}.")
+    _check_step_options(opts, steps, args.model)
     train_kwargs = _train_kwargs(opts)
     opts = {**opts, "train_kwargs": train_kwargs}
     # the input first (quick), then the model's arguments (which import the model: torch, scvi-tools)
@@ -220,7 +261,7 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
             level = SUMMARY if reason.startswith("present but") else logging.INFO
             logger.log(level, "pertgrn fit: running pp.%s (%s)", name, reason)
             t0 = time.perf_counter()
-            step.function()(adata, **step.arguments(opts), **opts["pp_kwargs"].get(name, {}))
+            step.function()(adata, **step.call_arguments(adata, opts), **opts["pp_kwargs"].get(name, {}))
             seconds = time.perf_counter() - t0
             _add_keys(written, step.keys(opts))
             earlier_ran = earlier_ran or not step.keep_existing

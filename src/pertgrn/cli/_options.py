@@ -26,6 +26,12 @@ class UsageError(Exception):
 
 #: The word that means ``None`` for options that name a key (``--qc-key none``); ``false`` in TOML.
 NONE_WORD = "none"
+#: Keys of gCRL's chain: ``pp.reference_grn``'s, ``pp.tf_communities``' and ``pp.tf_activity``'s defaults.
+REFERENCE_GRN_KEY = "reference_grn"
+TF_COMMUNITIES_KEY = "tf_communities"
+TF_ACTIVITY_KEY = "X_tf_activity"
+#: The variants of ``tl.fit_gcrlvae``.
+GCRL_VARIANTS = ("gcrl", "id", "d")
 
 
 def _text(value: Any, name: str) -> str:
@@ -60,6 +66,20 @@ def _epochs(value: Any, name: str) -> int | None:
     return epochs
 
 
+def _weight_or_none(value: Any, name: str) -> float | None:
+    """A non-negative number, or ``None`` (``'none'``, ``'auto'``: the model's own rule)."""
+    if isinstance(value, str):
+        if value.lower() in ("auto", NONE_WORD):
+            return None
+        try:
+            value = float(value)
+        except ValueError:
+            raise UsageError(f"{name} must be a non-negative number or 'auto', found {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or value == float("inf"):
+        raise UsageError(f"{name} must be a non-negative number or 'auto', found {value!r}.")
+    return float(value)
+
+
 def _controls(value: Any, name: str) -> str | list[str] | None:
     """One control label, several (comma-separated on the command line, a list in TOML), or ``None`` (detect)."""
     if isinstance(value, str):
@@ -90,6 +110,17 @@ def _devices(value: Any, name: str) -> int | str | list[int]:
                 return [int(p) for p in parts]
         return value
     raise UsageError(f"{name} must be a count, a list of device indices or 'auto', found {value!r}.")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
+    """A converter accepting one of ``choices``."""
+
+    def convert(value: Any, name: str) -> str:
+        if value not in choices:
+            raise UsageError(f"{name} must be one of {list(choices)}, found {value!r}.")
+        return value
+
+    return convert
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -192,7 +223,7 @@ FIT_OPTIONS: tuple[Option, ...] = (
         _key_or_none,
         OT_PAIRING_KEY,
         "obsp key of the OT pairing (pp.ot_pairing); 'none' needs a gpo_loss without the fit term "
-        "(default: %(default)s)",
+        "(default: %(default)s; gcrlvae: none, random control partners)",
         table="setup",
         metavar="KEY",
     ),
@@ -205,6 +236,51 @@ FIT_OPTIONS: tuple[Option, ...] = (
         "ablation) (default: %(default)s)",
         table="setup",
         metavar="KIND",
+    ),
+    Option(
+        "tfs",
+        ("--tfs",),
+        _text,
+        None,
+        "text file of TF symbols, one per line, for pp.reference_grn (gCRL-VAE; required there)",
+        metavar="PATH",
+    ),
+    Option(
+        "prior",
+        ("--prior",),
+        _text,
+        None,
+        "prior TF -> target network for pp.reference_grn: a long CSV/TSV table with source and target "
+        "columns (gCRL-VAE; default: every measured TF may regulate every gene)",
+        metavar="PATH",
+    ),
+    Option(
+        "communities_key",
+        ("--communities-key",),
+        _text,
+        TF_COMMUNITIES_KEY,
+        "uns key of the TF communities: pp.reference_grn and pp.tf_communities write the default; another key "
+        "must exist (default: %(default)s)",
+        table="setup",
+        metavar="KEY",
+    ),
+    Option(
+        "activity_key",
+        ("--activity-key",),
+        _key_or_none,
+        TF_ACTIVITY_KEY,
+        "obsm key of the TF-community activities: pp.tf_activity writes the default; another key must exist; "
+        "'none': no activities and no gCRL step (--variant id or d) (default: %(default)s)",
+        table="setup",
+        metavar="KEY",
+    ),
+    Option(
+        "variant",
+        ("--variant",),
+        _one_of(GCRL_VARIANTS),
+        "gcrl",
+        "gCRL-VAE's variant: 'gcrl' (gCRL-VAE), 'id' (id-VAE) or 'd' (d-VAE) (default: %(default)s)",
+        metavar="NAME",
     ),
     Option(
         "extended_key",
@@ -229,8 +305,17 @@ FIT_OPTIONS: tuple[Option, ...] = (
         ("--max-epochs",),
         _epochs,
         None,
-        "training epochs; 'auto': the model's default (GPOVAE: 4,000 optimisation steps)",
+        "training epochs; 'auto': the model's default (GPOVAE: 2,000 optimisation steps)",
         metavar="N",
+    ),
+    Option(
+        "grn_min_weight",
+        ("--grn-min-weight",),
+        _weight_or_none,
+        None,
+        "GPO-VAE: edge probabilities above this are stored; 0 stores every pair; 'auto': the model's rule "
+        "(default: auto)",
+        metavar="W",
     ),
     Option(
         "accelerator",
@@ -321,7 +406,8 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     """The options held by a TOML run file, by option name, converted and checked.
 
     Top-level keys are option names (``test_key = "test"``); ``[setup]`` may hold the set-up
-    options (``layer``, ``qc_key``, ``pairing_key``, ``extended_key``) instead, ``[model]`` and
+    options (``layer``, ``qc_key``, ``pairing_key``, ``pairing``, ``communities_key``,
+    ``activity_key``, ``extended_key``) instead, ``[model]`` and
     ``[train]`` the model's and training arguments, ``[pp.<step>]`` a preprocessing step's.
     """
     import tomllib
@@ -369,10 +455,12 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     return options
 
 
-def resolve_fit_options(args: argparse.Namespace) -> dict[str, Any]:
+def resolve_fit_options(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every option of ``pertgrn fit``: the command line over the run file over the defaults.
 
-    Keyword-argument tables are merged key by key (per step for ``pp_kwargs``).
+    Keyword-argument tables are merged key by key (per step for ``pp_kwargs``). ``defaults``
+    replaces the defaults of some options, for a model whose fit function has other defaults
+    (:attr:`pertgrn.cli._models.ModelEntry.defaults`).
     """
     given = {option.name: getattr(args, option.name) for option in FIT_OPTIONS if hasattr(args, option.name)}
     command_line = {
@@ -380,6 +468,7 @@ def resolve_fit_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     from_file = read_run_file(args.config) if getattr(args, "config", None) else {}
     resolved = {option.name: option.default for option in FIT_OPTIONS}
+    resolved.update(defaults or {})
     resolved.update(from_file)
     resolved.update(command_line)
     for name in MAPPING_OPTIONS:

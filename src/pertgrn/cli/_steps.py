@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pertgrn._constants import (
@@ -21,6 +22,7 @@ from pertgrn._constants import (
     QC_FAIL_KEY,
     UNS_KEY,
 )
+from pertgrn.cli._options import REFERENCE_GRN_KEY, TF_ACTIVITY_KEY, TF_COMMUNITIES_KEY
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -63,12 +65,22 @@ class Step:
     #: an existing result is kept, even with ``--redo`` (it may be the user's), and running the step
     #: does not make later steps rerun
     keep_existing: bool = False
+    #: turns ``arguments`` into the function's keyword arguments where they depend on the data
+    #: (``tf_activity``: ``test_key`` → ``fit_mask``); None: they are passed as they are
+    prepare: Callable[[AnnData, dict[str, Any]], dict[str, Any]] | None = None
+    #: arguments of the function that ``prepare`` sets (refused in ``pp_kwargs`` like ``arguments``)
+    prepared: tuple[str, ...] = ()
 
     def function(self) -> Callable[..., Any]:
         """The ``pertgrn.pp`` function."""
         import pertgrn.pp
 
         return getattr(pertgrn.pp, self.name)
+
+    def call_arguments(self, adata: AnnData, opts: Options) -> dict[str, Any]:
+        """The keyword arguments the command line passes to :meth:`function` on ``adata``."""
+        arguments = self.arguments(opts)
+        return self.prepare(adata, arguments) if self.prepare is not None else arguments
 
 
 def _perturbations_record(adata: AnnData, opts: Options) -> dict[str, Any] | None:
@@ -115,6 +127,94 @@ def _pairing_record(adata: AnnData, opts: Options) -> dict[str, Any] | None:
         if params.get(name) == 0:
             params[name] = None
     return params
+
+
+def _path(value: str | None) -> str | None:
+    """An option's file as an absolute path (what ``pp.reference_grn`` records), or None."""
+    return None if value is None else str(Path(value).resolve())
+
+
+def _gcrl_needed(opts: Options) -> bool:
+    """Whether ``reference_grn`` and ``tf_communities`` run: the fit reads the communities they write."""
+    return opts["activity_key"] is not None and opts["communities_key"] == TF_COMMUNITIES_KEY
+
+
+def _reference_grn_arguments(opts: Options) -> dict[str, Any]:
+    return {
+        "tfs": _path(opts["tfs"]),
+        "prior": _path(opts["prior"]),
+        "layer": opts["layer"],
+        "test_key": opts["test_key"],
+        "seed": opts["seed"],
+        "key_added": REFERENCE_GRN_KEY,
+    }
+
+
+def _reference_grn_record(adata: AnnData, opts: Options) -> dict[str, Any] | None:
+    entry = adata.uns.get(REFERENCE_GRN_KEY)
+    if not isinstance(entry, Mapping) or "edges" not in entry:
+        return None
+    params = dict(entry.get("params", {}))
+    # reference_grn records "no value" as a word (tfs and prior given as paths are recorded as such)
+    for name, meaning_none in (("layer", "X"), ("test_key", ""), ("prior", "none"), ("edge_threshold", "none")):
+        if isinstance(params.get(name), str) and params[name] == meaning_none:
+            params[name] = None
+    return params
+
+
+def _communities_record(adata: AnnData, opts: Options) -> Mapping[str, Any] | None:
+    from pertgrn.pp._tf_communities import community_column
+
+    entry = adata.uns.get(TF_COMMUNITIES_KEY)
+    if not isinstance(entry, Mapping) or "communities" not in entry:
+        return None
+    if community_column(TF_COMMUNITIES_KEY) not in adata.var:
+        return None
+    params = entry.get("params")
+    return params if isinstance(params, Mapping) else {}
+
+
+def _communities_keys(opts: Options) -> dict[str, list[str]]:
+    from pertgrn.pp._tf_communities import community_column
+
+    return {"var": [community_column(TF_COMMUNITIES_KEY)], "uns": [TF_COMMUNITIES_KEY]}
+
+
+def _activity_prepare(adata: AnnData, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``tf_activity`` fits on the cells that are not held out: ``test_key`` becomes ``fit_mask``."""
+    arguments = dict(arguments)
+    test_key = arguments.pop("test_key")
+    arguments["fit_mask"] = None if test_key is None else ~adata.obs[test_key].to_numpy(dtype=bool)
+    return arguments
+
+
+def _activity_record(adata: AnnData, opts: Options) -> dict[str, Any] | None:
+    from pertgrn.pp._tf_activity import activity_names
+
+    entry = adata.uns.get(activity_names(TF_ACTIVITY_KEY)[0])
+    if TF_ACTIVITY_KEY not in adata.obsm or not isinstance(entry, Mapping):
+        return None
+    params = dict(entry.get("params", {}))
+    if params.get("layer") == "X":
+        params["layer"] = None
+    # tf_activity records its fit cells as "all", an obs column or "array" (the command line's mask):
+    # an array is the asked test_key's when it holds as many cells as are not held out
+    fit_mask, n_fit = params.pop("fit_mask", None), entry.get("n_fit_cells")
+    test_key = opts["test_key"]
+    if fit_mask == "all":
+        params["test_key"] = None
+    elif fit_mask == "array" and test_key in adata.obs and n_fit == int((~adata.obs[test_key].to_numpy(bool)).sum()):
+        params["test_key"] = test_key
+    else:
+        params["test_key"] = f"<fit_mask {fit_mask!r} of {n_fit} cells>"
+    return params
+
+
+def _activity_keys(opts: Options) -> dict[str, list[str]]:
+    from pertgrn.pp._tf_activity import activity_names
+
+    base, loadings = activity_names(TF_ACTIVITY_KEY)
+    return {"obsm": [TF_ACTIVITY_KEY], "varm": [loadings], "uns": [base]}
 
 
 #: Every step the command line can run, by ``pertgrn.pp`` name.
@@ -167,8 +267,41 @@ STEPS: dict[str, Step] = {
             record=_pairing_record,
             keys=lambda o: {"obsp": [o["pairing_key"]], "uns": [o["pairing_key"]]},
         ),
+        Step(
+            "reference_grn",
+            needed=_gcrl_needed,
+            arguments=_reference_grn_arguments,
+            compared=("tfs", "prior", "layer", "test_key"),
+            record=_reference_grn_record,
+            keys=lambda o: {"uns": [REFERENCE_GRN_KEY]},
+        ),
+        Step(
+            "tf_communities",
+            needed=_gcrl_needed,
+            arguments=lambda o: {"key": REFERENCE_GRN_KEY, "seed": o["seed"], "key_added": TF_COMMUNITIES_KEY},
+            compared=("key",),
+            record=_communities_record,
+            keys=_communities_keys,
+        ),
+        Step(
+            "tf_activity",
+            needed=lambda o: o["activity_key"] == TF_ACTIVITY_KEY,
+            arguments=lambda o: {
+                "key": o["communities_key"],
+                "test_key": o["test_key"],
+                "layer": o["layer"],
+                "key_added": TF_ACTIVITY_KEY,
+            },
+            compared=("key", "test_key", "layer"),
+            record=_activity_record,
+            keys=_activity_keys,
+            prepare=_activity_prepare,
+            prepared=("fit_mask",),
+        ),
     )
 }
+#: Options that only a step reads, by the step: refused for a model whose chain lacks it.
+STEP_OPTIONS = {"tfs": "reference_grn", "prior": "reference_grn"}
 #: Steps every model's chain starts with.
 COMMON_STEPS = ("annotate_perturbations", "split_cells")
 
