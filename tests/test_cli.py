@@ -175,7 +175,8 @@ def test_fit_writes_screen_model_and_summary(workdir, fitted):
     ]
     assert all(s["ran"] and s["reason"] == "absent" for s in summary["preprocessing"])
     assert summary["n_epochs"] == 2 and summary["n_steps"] > 0
-    assert summary["n_edges"] == len(pg.get.grn_df(adata, key="gpovae", threshold=0.5))
+    assert summary["edge_threshold"] == adata.uns["gpovae"]["edge_rule"]["min_weight"] == 0.01
+    assert summary["n_edges"] == len(pg.get.grn_df(adata, key="gpovae")) >= summary["n_edges_stored"]
     assert summary["n_edges_stored"] == adata.varp["gpovae_grn"].nnz > 0
     assert summary["n_held_out"] == int(test.sum()) and summary["n_cells"] == adata.n_obs
     assert summary["wall_time_s"] >= summary["seconds"]["fit"] > 0
