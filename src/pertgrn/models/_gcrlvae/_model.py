@@ -205,9 +205,9 @@ class GCRLVAE(PerturbationModel):
       only through ``t = s_g``. Where TFs of one community act on different targets, the singles
       are fitted at best by one effect per community. On ``benchmarks/gcrl_quality.py``'s
       simulated screens, the observed single effects of TFs in one community have a mean cosine
-      of 0.02–0.24 (seeds 0 and 2), and the best rank-one fit per community holds 27–47 % of their
-      energy. gCRL-VAE recovers about half of the single-effect energy; its predicted effects
-      within a community have cosines of 0.96–1.0 in 7 of 8 communities (0.30 in the eighth).
+      of −0.03 to 0.24, and the best rank-one fit per community holds 27–47 % of their
+      energy. gCRL-VAE recovers 35–51 % of the single-effect energy; its predicted effects
+      within a community have cosines of 0.96–1.0 in 9 of 11 communities (0.30 and 0.76 in the others).
       Pooled over the 24 held-out doubles of three seeds, its AECD (4.21) does not differ
       significantly from id-VAE's (4.26, Wilcoxon p = 0.66) or d-VAE's (4.19, p = 0.86).
       ``routing="hybrid"`` adds the intervention encoder's direction and did not change this (4.18).
