@@ -15,8 +15,19 @@ communities and the activities (fitted on the training cells) come first. Per se
 - ``aecd``: the centroid distance of ``tl.distribution_distances`` on every held-out double for
   gCRL-VAE, id-VAE and d-VAE (``tl.fit_gcrlvae(variant=…)``) and the control (worst case),
   additive and half-split baselines: mean, S.E. over doubles, paired two-sided Wilcoxon against
-  gCRL-VAE, the number of doubles where each model is below the worst case;
+  gCRL-VAE, the number of doubles where each model is below the worst case, and
+  ``same_community`` (whether both targets of a double are in one recovered community, so that
+  gCRL-VAE shifts a single latent by the sum of their magnitudes);
+- ``single_fit``: how well each variant reproduces the training singles (training cells only): per
+  trained single, the distance between its predicted centroid (``predict_log_normalized``) and the
+  mean of its training cells, the same for the control centroid, the mean over singles and, per
+  community, the mean cosine between the predicted effects (prediction minus predicted control) of
+  its TFs next to the observed one. Under gCRL's hard routing all TFs of a community move one
+  latent, so their predicted effects can only differ by the size of the shift;
 - ``training``: epochs and wall time per variant.
+
+Over all seeds, ``pooled`` holds the AECD of every model and baseline over the doubles of every
+seed, with the paired Wilcoxon test against gCRL-VAE on the pooled doubles.
 
 The Norman subset (``../shared/data/norman2019_perturbench_devel.h5ad``, Norman cells only, counts
 in ``layers["counts"]``): the chain with ``prior=None`` and with CollecTRI (which leaves no TF–TF
@@ -47,6 +58,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import pertgrn as pg
 from pertgrn._design import PerturbationDesign
+from pertgrn._utils import check_counts, log_normalize, to_dense
 from pertgrn.metrics import tmex
 from pertgrn.tl._align import _zscored_tfs, community_activities
 
@@ -94,6 +106,80 @@ def _fit_variants(
         tables[variant] = pg.tl.distribution_distances(adata, model=model, test_key="test", seed=seed, layer=layer)
         models[variant] = model
     return tables, training, models
+
+
+def _single_fit(adata, models: dict, community_of: dict, seed: int) -> dict:
+    """Training-cell fit of the singles per variant, and how alike the predicted effects within a community are."""
+    counts = check_counts(adata, None)
+    expression = to_dense(log_normalize(counts, target_sum=1e4)).astype(np.float64)
+    conditions = adata.obs["pertgrn_condition"].astype(str).to_numpy()
+    train = ~adata.obs["test"].to_numpy()
+    singles = sorted(set(adata.uns["simulation"]["perturbed_genes"]))
+    control = expression[train & (conditions == "control")].mean(0)
+    observed = {g: expression[train & (conditions == g)].mean(0) for g in singles}
+    groups: dict[int, list[str]] = {}
+    for g in singles:
+        if int(community_of.get(g, -1)) >= 0:
+            groups.setdefault(int(community_of[g]), []).append(g)
+
+    def within_cos(effects: dict) -> dict:
+        out = {}
+        for k, genes in sorted(groups.items()):
+            if len(genes) < 2:
+                continue
+            E = np.array([effects[g] for g in genes])
+            E = E / np.linalg.norm(E, axis=1, keepdims=True)
+            C = E @ E.T
+            out[str(k)] = float(C[~np.eye(len(genes), dtype=bool)].mean())
+        return out
+
+    report = {
+        "control": {g: float(np.linalg.norm(control - observed[g])) for g in singles},
+        "observed_within_community_cos": within_cos({g: observed[g] - control for g in singles}),
+    }
+    report["control_mean"] = float(np.mean(list(report["control"].values())))
+    for variant, model in models.items():
+        pred = model.predict_log_normalized(perturbations=["control", *singles], n_cells=200, seed=seed)
+        labels = pred.obs["perturbation"].astype(str).to_numpy()
+        X = np.asarray(pred.X, dtype=np.float64)
+        mean = {label: X[labels == label].mean(0) for label in ("control", *singles)}
+        distance = {g: float(np.linalg.norm(mean[g] - observed[g])) for g in singles}
+        report[variant] = {
+            "per_single": distance,
+            "mean": float(np.mean(list(distance.values()))),
+            "predicted_within_community_cos": within_cos({g: mean[g] - mean["control"] for g in singles}),
+        }
+    return report
+
+
+def _pooled(runs: list[dict]) -> dict:
+    """AECD over the held-out doubles of every seed, paired Wilcoxon against gCRL-VAE on the pooled doubles."""
+    frame = pd.concat(
+        [
+            pd.DataFrame(run["aecd"]["per_double"]).set_axis(
+                [f"{run['seed']}:{d}" for d in run["aecd"]["per_double"]["gcrl"]]
+            )
+            for run in runs
+        ]
+    )
+    same = np.concatenate(
+        [[run["aecd"]["same_community"][d] for d in run["aecd"]["per_double"]["gcrl"]] for run in runs]
+    )
+    out: dict = {"n_doubles": len(frame)}
+    for name, values in frame.items():
+        row = {
+            "aecd": float(values.mean()),
+            "se": float(values.std(ddof=1) / np.sqrt(len(values))),
+            "aecd_same_community": float(values[same].mean()) if same.any() else None,
+            "aecd_two_communities": float(values[~same].mean()) if (~same).any() else None,
+        }
+        if name != "gcrl" and not np.allclose(values, frame["gcrl"]):
+            row["wilcoxon_p_vs_gcrl"] = float(stats.wilcoxon(frame["gcrl"], values).pvalue)
+            row["gcrl_lower_on"] = int((frame["gcrl"] < values).sum())
+        if name in VARIANTS:
+            row["below_worst_case"] = int((values < frame["control"]).sum())
+        out[name] = row
+    return out
 
 
 def _tmex_report(adata, model, n_perm: int, seed: int) -> dict:
@@ -189,6 +275,12 @@ def simulated(seed: int, args) -> dict:
     }
     tables, training, models = _fit_variants(adata, args.epochs, seed)
     out["aecd"] = _aecd_table(tables)
+    community_of = table["community"].to_dict()
+    out["aecd"]["same_community"] = {
+        d: len({int(community_of[g]) for g in d.split("+")}) == 1 and int(community_of[d.split("+")[0]]) >= 0
+        for d in out["aecd"]["per_double"]["gcrl"]
+    }
+    out["single_fit"] = _single_fit(adata, models, community_of, seed)
     out["training"] = training
     out["tmex"] = _tmex_report(adata, models["gcrl"], args.n_perm, seed)
     out["permutation"] = models["gcrl"].permutation.tolist()
@@ -260,6 +352,7 @@ def main() -> None:
     result = {"platform": platform.platform(), "args": {k: str(v) for k, v in vars(args).items()}}
     if not args.skip_simulated:
         result["simulated"] = [simulated(seed, args) for seed in args.seeds]
+        result["pooled"] = _pooled(result["simulated"])
     if not args.skip_norman:
         result["norman"] = norman(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -267,6 +360,8 @@ def main() -> None:
     for run in result.get("simulated", []):
         aecd = {k: round(v["aecd"], 3) for k, v in run["aecd"].items() if isinstance(v, dict) and "aecd" in v}
         print(f"seed {run['seed']}: ARI {run['communities']['ari_vs_planted']:.3f}, AECD {aecd}, T-MEX {run['tmex']}")
+    if "pooled" in result:
+        print("pooled:", {k: round(v["aecd"], 3) for k, v in result["pooled"].items() if isinstance(v, dict)})
     if "norman" in result:
         print(json.dumps(result["norman"], indent=1, default=float)[:3000])
 
