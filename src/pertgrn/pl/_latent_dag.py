@@ -125,7 +125,8 @@ def latent_dag(
             colors.append(ROLE_COLORS[ROLE_TARGET] if name in measured else ROLE_COLORS[ROLE_UNMEASURED])
         else:
             colors.append(FREE_COLOR)
-    fig, ax = figure_and_axes(ax, figsize or (max(4.0, 0.6 * len(used) ** 0.8 + 3.0), 5.0))
+    # the width holds the graph and, beside it, the legend
+    fig, ax = figure_and_axes(ax, figsize or (max(4.0, 0.6 * len(used) ** 0.8 + 3.0) + 2.5, 5.0))
     magnitude = np.abs(weights)
     span = magnitude.max() - magnitude.min() if magnitude.size else 0.0
     widths = 0.8 + 2.5 * ((magnitude - magnitude.min()) / span if span > 0 else np.ones_like(magnitude))
@@ -159,9 +160,10 @@ def latent_dag(
         Line2D([], [], color=ACTIVATION_COLOR, lw=2, label="A > 0"),
         Line2D([], [], color=REPRESSION_COLOR, lw=2, label="A < 0"),
     ]
-    ax.legend(handles=handles, loc="best", fontsize=7, frameon=False)
+    # beside the graph, never over a node label (constrained layout makes room)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     ax.margins(0.15)
     ax.set_axis_off()
-    title = f"Latent DAG {key!r}: {len(edges)} edges with |A| > {threshold:g}"
+    title = f"Latent DAG {key!r}: {len(edges)} edge{'' if len(edges) == 1 else 's'} with |A| > {threshold:g}"
     ax.set_title(title if edges else f"Latent DAG {key!r}: no edge with |A| > {threshold:g}")
     return show_or_return(fig, ax, show=show, return_fig=return_fig)
