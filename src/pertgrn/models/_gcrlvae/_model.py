@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +29,7 @@ from pertgrn.models._base import (
     design_field,
     partner_fields,
 )
+from pertgrn.models._base._params import check_model_params
 from pertgrn.models._gcrlvae._fields import (
     ACTIVITY_OBSM_KEY,
     activity_field,
@@ -420,27 +419,13 @@ class GCRLVAE(PerturbationModel):
         TypeError or ValueError
             Naming the offending parameter, before anything is built or written.
         """
-        allowed = set(inspect.signature(GCRLVAE.__init__).parameters) - {"self", "adata"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise TypeError(f"Unknown GCRLVAE parameter(s) {unknown}; allowed: {sorted(allowed)}.")
-        for name, choices in _CHOICES.items():
-            if params.get(name) is not None and params[name] not in choices:
-                raise ValueError(f"`{name}` must be one of {choices}, found {params[name]!r}.")
-        for name in ("n_latent", "n_hidden", "sinkhorn_iterations"):
-            value = params.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
-                raise ValueError(f"`{name}` must be a positive integer, found {value!r}.")
-        for name in _NON_NEGATIVE + _POSITIVE:
-            value = params.get(name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-                raise ValueError(f"`{name}` must be a finite number, found {value!r}.")
-            if (name in _POSITIVE and value <= 0) or value < 0:
-                raise ValueError(
-                    f"`{name}` must be {'positive' if name in _POSITIVE else 'non-negative'}, found {value}."
-                )
+        check_model_params(
+            GCRLVAE,
+            params,
+            integers=dict.fromkeys(("n_latent", "n_hidden", "sinkhorn_iterations"), 1),
+            reals={**dict.fromkeys(_NON_NEGATIVE, "non-negative"), **dict.fromkeys(_POSITIVE, "positive")},
+            choices=_CHOICES,
+        )
 
     @classmethod
     def setup_anndata(

@@ -28,6 +28,7 @@ from pertgrn.models._base import (
     design_field,
     partner_fields,
 )
+from pertgrn.models._base._params import check_model_params
 from pertgrn.models._gpovae._module import GPO_FORMS, GPO_LOSSES, MASK_ESTIMATORS, GPOVAEModule
 from pertgrn.models._gpovae._trainingplan import GPOVAETrainingPlan
 
@@ -387,52 +388,19 @@ class GPOVAE(PerturbationModel):
         TypeError or ValueError
             Naming the offending parameter, before anything is built or written.
         """
-        import inspect
-
-        allowed = set(inspect.signature(GPOVAE.__init__).parameters) - {"self", "adata"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise TypeError(f"Unknown GPOVAE parameter(s) {unknown}; allowed: {sorted(allowed)}.")
-        for name in _POSITIVE_INTS:
-            if params.get(name) is not None:
-                value = params[name]
-                if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                    raise ValueError(f"`{name}` must be a positive integer, found {value!r}.")
-        if "n_hops" in params:
-            value = params["n_hops"]
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"`n_hops` must be a non-negative integer, found {value!r}.")
-        for name in (*_NON_NEGATIVE_FLOATS, "gpo_offset"):
-            if params.get(name, 0.0) is not None and name in params:
-                value = params[name]
-                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-                    raise ValueError(f"`{name}` must be a finite number, found {value!r}.")
-                if name in _NON_NEGATIVE_FLOATS and value < 0:
-                    raise ValueError(f"`{name}` must be >= 0, found {value!r}.")
-        for name in ("embedding_prior_scale", "temperature"):
-            if name in params:
-                value = params[name]
-                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-                    raise ValueError(f"`{name}` must be a positive number, found {value!r}.")
-        if "mask_prior" in params:
-            value = params["mask_prior"]
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-                raise ValueError(f"`mask_prior` must lie in (0, 1), found {value!r}.")
-        for name, choices in _CHOICES.items():
-            if params.get(name) is not None and params[name] not in choices:
-                raise ValueError(f"`{name}` must be one of {choices}, found {params[name]!r}.")
-        if params.get("deterministic_prediction") is not None and not isinstance(
-            params["deterministic_prediction"], bool
-        ):
-            raise ValueError(
-                f"`deterministic_prediction` must be True, False or None, found {params['deterministic_prediction']!r}."
-            )
-        if "max_effect" in params:
-            value = params["max_effect"]
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-                raise ValueError(f"`max_effect` must be a positive number, found {value!r}.")
-        if "gpo_loss" in params and params["gpo_loss"] not in GPO_LOSSES:
-            raise ValueError(f"`gpo_loss` must be one of {GPO_LOSSES}, found {params['gpo_loss']!r}.")
+        check_model_params(
+            GPOVAE,
+            params,
+            integers={**dict.fromkeys(_POSITIVE_INTS, 1), "n_hops": 0},
+            reals={
+                **dict.fromkeys(_NON_NEGATIVE_FLOATS, "non-negative"),
+                **dict.fromkeys(("embedding_prior_scale", "temperature", "max_effect"), "positive"),
+                "gpo_offset": "finite",
+                "mask_prior": "open unit interval",
+            },
+            choices={**_CHOICES, "gpo_loss": GPO_LOSSES},
+            flags=("deterministic_prediction",),
+        )
 
     @classmethod
     def setup_anndata(

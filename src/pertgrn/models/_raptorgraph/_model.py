@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +27,7 @@ from pertgrn.models._base import (
     design_field,
     partner_fields,
 )
+from pertgrn.models._base._params import check_model_params
 from pertgrn.models._raptorgraph._module import EDGE_THRESHOLD, RaptorGraphModule
 from pertgrn.models._raptorgraph._trainingplan import MU_SCHEDULES, RaptorGraphTrainingPlan
 
@@ -278,37 +277,17 @@ class RaptorGraph(PerturbationModel):
         TypeError or ValueError
             Naming the offending parameter, before anything is built or written.
         """
-        allowed = set(inspect.signature(RaptorGraph.__init__).parameters) - {"self", "adata"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise TypeError(f"Unknown RaptorGraph parameter(s) {unknown}; allowed: {sorted(allowed)}.")
-
-        def is_int(value: object) -> bool:
-            return not isinstance(value, bool) and isinstance(value, numbers.Integral)
-
-        def is_real(value: object) -> bool:
-            return not isinstance(value, bool) and isinstance(value, numbers.Real) and np.isfinite(value)
-
-        for name in _POSITIVE_INTS:
-            if name in params and not (is_int(params[name]) and params[name] >= 1):
-                raise ValueError(f"`{name}` must be a positive integer, found {params[name]!r}.")
-        if "n_latent" in params and params["n_latent"] is not None:
-            if not (is_int(params["n_latent"]) and params["n_latent"] >= 1):
-                raise ValueError(f"`n_latent` must be a positive integer or None, found {params['n_latent']!r}.")
-        if "n_interaction_layers" in params:
-            value = params["n_interaction_layers"]
-            if not (is_int(value) and value >= 0):
-                raise ValueError(f"`n_interaction_layers` must be a non-negative integer, found {value!r}.")
-        for name in _NON_NEGATIVE:
-            if name in params and not (is_real(params[name]) and params[name] >= 0):
-                raise ValueError(f"`{name}` must be a finite number >= 0, found {params[name]!r}.")
-        for name in _POSITIVE:
-            if name in params and not (is_real(params[name]) and params[name] > 0):
-                raise ValueError(f"`{name}` must be a positive number, found {params[name]!r}.")
-        if "shift_init" in params and not is_real(params["shift_init"]):
-            raise ValueError(f"`shift_init` must be a finite number, found {params['shift_init']!r}.")
-        if "norm" in params and params["norm"] not in NORMS:
-            raise ValueError(f"`norm` must be one of {NORMS}, found {params['norm']!r}.")
+        check_model_params(
+            RaptorGraph,
+            params,
+            integers={**dict.fromkeys((*_POSITIVE_INTS, "n_latent"), 1), "n_interaction_layers": 0},
+            reals={
+                **dict.fromkeys(_NON_NEGATIVE, "non-negative"),
+                **dict.fromkeys(_POSITIVE, "positive"),
+                "shift_init": "finite",
+            },
+            choices={"norm": NORMS},
+        )
 
     @staticmethod
     def _check_screen(adata: AnnData, design: PerturbationDesign, test_key: str | None) -> None:
