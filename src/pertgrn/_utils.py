@@ -7,6 +7,7 @@ returns new arrays, so callers can validate everything before they touch user da
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,15 @@ from pertgrn._constants import UNS_KEY
 from pertgrn._settings import SUMMARY, logger
 
 __all__ = ["SUMMARY", "logger"]  # re-exported: `from pertgrn._utils import logger` is how modules log
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int: a TypeError when it is not an integer, a ValueError when it is below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, found {type(value).__name__} ({value!r}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, found {value}.")
+    return int(value)
 
 
 def get_matrix(adata: AnnData, layer: str | None = None) -> np.ndarray | sparse.spmatrix:

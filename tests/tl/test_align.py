@@ -122,6 +122,6 @@ def test_permutation_test_prefers_the_true_communities():
     assert result["t"] > 0 and result["pvalue"] < 1e-6
     assert result["pvalue_permutation"] == pytest.approx(1 / 31) and result["n_distinct_permutations"] == 30
     before = adata.copy()
-    with pytest.raises(ValueError, match="`n_perm` must be an integer >= 2"):
+    with pytest.raises(ValueError, match="`n_perm` must be >= 2, found 1"):
         pg.tl.community_permutation_test(adata, latent_key="X_latents", n_perm=1)
     assert_equal(adata, before)

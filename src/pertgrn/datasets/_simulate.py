@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
-from pertgrn._utils import logger
+from pertgrn._utils import check_int, logger
 
 #: Measured genes that are not part of the GRN; they carry the usual QC signals.
 MT_GENES = ("MT-ND1", "MT-ND2", "MT-CO1", "MT-CO2", "MT-ATP8", "MT-ATP6", "MT-CO3", "MT-ND3")
@@ -38,14 +38,6 @@ _CROSS_MODULE_PROB = 0.2
 _MODULE_ACTIVATION_PROB = 0.8
 _MODULE_ACTIVITY_SD = 1.0
 _TF_NOISE_SD = 0.5
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer, found {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, found {value}.")
-    return int(value)
 
 
 def _check_fraction(name: str, value: object) -> float:
@@ -316,14 +308,14 @@ def simulate(
     (1680, 3)
     """
     # ---- validation -------------------------------------------------------------------------
-    n_genes = _check_int("n_genes", n_genes, 0)
-    n_regulators = _check_int("n_regulators", n_regulators, 1)
-    n_perturbed = _check_int("n_perturbed", n_perturbed, 0)
-    n_doubles = _check_int("n_doubles", n_doubles, 0)
-    n_control = _check_int("n_control", n_control, 1)
-    cells_per_condition = _check_int("cells_per_condition", cells_per_condition, 1)
-    n_unmeasured_targets = _check_int("n_unmeasured_targets", n_unmeasured_targets, 0)
-    n_tf_modules = _check_int("n_tf_modules", n_tf_modules, 0)
+    n_genes = check_int("n_genes", n_genes, 0)
+    n_regulators = check_int("n_regulators", n_regulators, 1)
+    n_perturbed = check_int("n_perturbed", n_perturbed, 0)
+    n_doubles = check_int("n_doubles", n_doubles, 0)
+    n_control = check_int("n_control", n_control, 1)
+    cells_per_condition = check_int("cells_per_condition", cells_per_condition, 1)
+    n_unmeasured_targets = check_int("n_unmeasured_targets", n_unmeasured_targets, 0)
+    n_tf_modules = check_int("n_tf_modules", n_tf_modules, 0)
     if isinstance(tf_module_density, bool) or not isinstance(tf_module_density, numbers.Real):
         raise TypeError(
             f"`tf_module_density` must be a number in (0, 1], found {type(tf_module_density).__name__} "
@@ -332,7 +324,7 @@ def simulate(
     if not (0.0 < float(tf_module_density) <= 1.0):
         raise ValueError(f"`tf_module_density` must lie in (0, 1], found {tf_module_density}.")
     tf_module_density = float(tf_module_density)
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     knockdown_strength = _check_fraction("knockdown_strength", knockdown_strength)
     qc_fail_fraction = _check_fraction("qc_fail_fraction", qc_fail_fraction)
     if n_perturbed > n_regulators:

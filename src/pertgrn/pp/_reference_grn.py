@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from pertgrn._constants import CONDITION_KEY
 from pertgrn._settings import progress
-from pertgrn._utils import check_counts, get_design, library_size, log_normalize, logger, to_dense
+from pertgrn._utils import check_counts, check_int, get_design, library_size, log_normalize, logger, to_dense
 
 #: Share of a target's candidate regulators each bag sees (CellOracle's ``max_features=0.8``).
 MAX_FEATURES = 0.8
@@ -99,14 +99,6 @@ def _check_number(name: str, value: object, *, low: float, high: float, low_open
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"`{name}` must lie in {interval}, found {value}.")
     return value
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer, found {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, found {value}.")
-    return int(value)
 
 
 # ---- bagging ridge -----------------------------------------------------------------------------
@@ -445,9 +437,9 @@ def reference_grn(
         if not isinstance(value, bool):
             raise TypeError(f"`{name}` must be True or False, found {value!r}.")
     alpha = _check_number("alpha", alpha, low=0.0, high=np.inf, low_open=True, high_open=True)
-    n_bags = _check_int("n_bags", n_bags, 2)
+    n_bags = check_int("n_bags", n_bags, 2)
     fdr = _check_number("fdr", fdr, low=0.0, high=1.0, low_open=True, high_open=False)
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     if isinstance(edge_threshold, str):
         if edge_threshold != "gmm":
             raise ValueError(f"`edge_threshold` must be 'gmm', a fraction in (0, 1] or None, found {edge_threshold!r}.")

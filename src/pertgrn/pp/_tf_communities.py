@@ -11,7 +11,7 @@ import pandas as pd
 from anndata import AnnData
 
 from pertgrn._settings import progress
-from pertgrn._utils import logger
+from pertgrn._utils import check_int, logger
 from pertgrn.pp._reference_grn import reference_grn_record
 
 #: The paper's resolution grid, 0.9 to 2.0 by 0.1 (12 values).
@@ -241,14 +241,6 @@ def cohesion_test(weights: np.ndarray, labels: np.ndarray, *, n_perm: int, rng: 
 # ---- the public function -------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an integer, found {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, found {value}.")
-    return int(value)
-
-
 def tf_communities(
     adata: AnnData,
     *,
@@ -362,10 +354,10 @@ def tf_communities(
         raise TypeError(f"`copy` must be True or False, found {copy!r}.")
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"`key_added` must be a non-empty string, found {key_added!r}.")
-    n_runs = _check_int("n_runs", n_runs, 2)
-    n_pairs = _check_int("n_pairs", n_pairs, 1)
-    n_perm = _check_int("n_perm", n_perm, 0)
-    seed = _check_int("seed", seed, 0)
+    n_runs = check_int("n_runs", n_runs, 2)
+    n_pairs = check_int("n_pairs", n_pairs, 1)
+    n_perm = check_int("n_perm", n_perm, 0)
+    seed = check_int("seed", seed, 0)
     if flavor not in ("igraph", "leidenalg"):
         raise ValueError(f"`flavor` must be 'igraph' or 'leidenalg', found {flavor!r}.")
     if isinstance(resolutions, str | bytes) or not isinstance(resolutions, Sequence | np.ndarray):

@@ -22,7 +22,7 @@ from anndata import AnnData
 from scipy import stats
 
 from pertgrn._settings import progress
-from pertgrn._utils import check_counts, library_size, logger, to_dense
+from pertgrn._utils import check_counts, check_int, library_size, logger, to_dense
 
 CONSTRAINTS = ("none", "orthogonal")
 SOLVERS = ("closed_form", "adam")
@@ -194,12 +194,6 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"`{name}` must be one of {choices}, found {value!r}.")
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, found {value!r}.")
-    return int(value)
-
-
 def _resolve_solver(constraint: str, solver: str | None) -> str:
     solver = ("closed_form" if constraint == "none" else "adam") if solver is None else solver
     _check_choice("solver", solver, SOLVERS)
@@ -310,9 +304,9 @@ def align_latents(
         raise TypeError(f"`copy` must be True or False, found {copy!r}.")
     _check_choice("constraint", constraint, CONSTRAINTS)
     solver = _resolve_solver(constraint, solver)
-    n_init = _check_int("n_init", n_init, 1)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    seed = _check_int("seed", seed, 0)
+    n_init = check_int("n_init", n_init, 1)
+    n_steps = check_int("n_steps", n_steps, 1)
+    seed = check_int("seed", seed, 0)
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
         raise ValueError(f"`lr` must be a positive number, found {lr!r}.")
     if key_added is None:
@@ -517,11 +511,11 @@ def community_permutation_test(
         raise TypeError(f"`key_added` must be a non-empty string, found {key_added!r}.")
     _check_choice("constraint", constraint, CONSTRAINTS)
     solver = _resolve_solver(constraint, None)
-    n_perm = _check_int("n_perm", n_perm, 2)
-    n_fits = _check_int("n_fits", n_fits, 1)
-    n_fits_observed = _check_int("n_fits_observed", n_fits_observed, 1)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    seed = _check_int("seed", seed, 0)
+    n_perm = check_int("n_perm", n_perm, 2)
+    n_fits = check_int("n_fits", n_fits, 1)
+    n_fits_observed = check_int("n_fits_observed", n_fits_observed, 1)
+    n_steps = check_int("n_steps", n_steps, 1)
+    seed = check_int("seed", seed, 0)
     z, tfa = _arrays(adata, latent_key, activity_key)
     fit = _mask(adata, fit_mask, "fit_mask")
     communities = adata.uns.get(communities_key)
