@@ -83,6 +83,25 @@ def _jit(func):
 
 
 @_jit
+def _cheapest(C, j, prices, topv, topi):  # pragma: no cover - compiled
+    """The ``len(topv)`` cheapest cells of control ``j`` by ``C[j] + prices``, ascending, into ``topv``/``topi``."""
+    last = topv.shape[0] - 1
+    for k in range(last + 1):
+        topv[k] = _INF
+        topi[k] = -1
+    for i in range(C.shape[1]):
+        v = C[j, i] + prices[i]
+        if v < topv[last]:
+            k = last
+            while k > 0 and topv[k - 1] > v:
+                topv[k] = topv[k - 1]
+                topi[k] = topi[k - 1]
+                k -= 1
+            topv[k] = v
+            topi[k] = i
+
+
+@_jit
 def _best_two(C, j, c, curp, shield, lst, lst_cost, bound, has_list, topv, topi):  # pragma: no cover - compiled
     """Cheapest and second-cheapest cell of control ``j`` (bidder row ``c`` of the lists) by ``C[j] + curp``.
 
@@ -109,22 +128,7 @@ def _best_two(C, j, c, curp, shield, lst, lst_cost, bound, has_list, topv, topi)
             if bound[c] < w2:
                 w2 = bound[c]
             return w1, i1, w2, lst_cost[c, k1]
-    k_top = topv.shape[0]
-    last = k_top - 1
-    for k in range(k_top):
-        topv[k] = np.inf
-        topi[k] = -1
-    n = C.shape[1]
-    for i in range(n):
-        v = C[j, i] + curp[i]
-        if v < topv[last]:
-            k = last
-            while k > 0 and topv[k - 1] > v:
-                topv[k] = topv[k - 1]
-                topi[k] = topi[k - 1]
-                k -= 1
-            topv[k] = v
-            topi[k] = i
+    _cheapest(C, j, curp, topv, topi)
     if shield > 0:
         for k in range(shield):
             lst[c, k] = topi[k]
@@ -270,28 +274,15 @@ def _auction(C, bidders, pieces, eps_seq, p, shield, max_bids):  # pragma: no co
 @_jit
 def _candidates(C, p, k_cand):  # pragma: no cover - compiled
     """Per control: its ``k_cand`` cheapest cells by ``C + p``, the minimum and the gap to the runner-up."""
-    m, n = C.shape
+    m = C.shape[0]
     k_top = max(k_cand, 2)
     cand = np.empty((m, k_cand), np.int64)
     best = np.empty(m, np.float64)
     margin = np.empty(m, np.float64)
     topv = np.empty(k_top, np.float64)
     topi = np.empty(k_top, np.int64)
-    last = k_top - 1
     for j in range(m):
-        for k in range(k_top):
-            topv[k] = _INF
-            topi[k] = -1
-        for i in range(n):
-            v = C[j, i] + p[i]
-            if v < topv[last]:
-                k = last
-                while k > 0 and topv[k - 1] > v:
-                    topv[k] = topv[k - 1]
-                    topi[k] = topi[k - 1]
-                    k -= 1
-                topv[k] = v
-                topi[k] = i
+        _cheapest(C, j, p, topv, topi)
         for k in range(k_cand):
             cand[j, k] = topi[k]
         best[j] = topv[0]
