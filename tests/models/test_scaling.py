@@ -121,11 +121,11 @@ def test_loss_terms_are_logged_once_per_epoch_as_weighted_means(model, monkeypat
         )
         plan.compute_and_log_metrics(output, {}, "train")
     assert logged == {}  # nothing per step
-    plan._log_epoch_terms("train")
+    plan.log_epoch_terms("train")
     assert logged["gpo_fit_train"][0] == pytest.approx((1.0 * 10 + 4.0 * 30) / 40)
     assert logged["n_edges_train"][0] == pytest.approx(2 * 3.25)
-    assert logged["gpo_fit_train"][1] == {"on_step": False, "on_epoch": True, "sync_dist": False}
-    plan._log_epoch_terms("train")  # a new epoch starts from zero
+    assert logged["gpo_fit_train"][1] == {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": False}
+    plan.log_epoch_terms("train")  # a new epoch starts from zero
     assert len(logged) == 2
 
 
@@ -192,3 +192,54 @@ def test_registered_fields_pickle_for_spawned_processes(model):
     recomputed = [f._compute(model.adata, {"column_names": f._columns}) for f in fields if hasattr(f, "_compute")]
     assert len(recomputed) == 3  # design, partner indices, partner weights
     np.testing.assert_array_equal(recomputed[1], model.adata.obsm["_pertgrn_partner_index"])
+
+
+@pytest.fixture(scope="module")
+def condition_batched():
+    from models.cases import tiny_screen
+
+    from pertgrn.models import RaptorGraph
+
+    adata = tiny_screen()
+    RaptorGraph.setup_anndata(adata, test_key="test")
+    return RaptorGraph(adata, decoder_n_hidden=16, n_subgraphs=2)
+
+
+def test_condition_batches_are_shared_out_between_processes(condition_batched, monkeypatch):
+    # RaptorGraph's (and gCRL's) minibatches hold one condition each; under DDP each process takes its share
+    from pertgrn.models._base import DistributedConditionBatchSampler
+
+    model = condition_batched
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
+    monkeypatch.setattr(scvi.settings, "seed", None)  # spawned processes: no inherited seed, yet they must agree
+    condition = model.adata.obs["pertgrn_condition"].to_numpy()
+
+    def passes(loader, n=2):
+        return [[tuple(loader.indices[np.asarray(b)]) for b in loader.sampler] for _ in range(n)]
+
+    kwargs = model._datasplitter_kwargs(
+        None, train_size=1.0, validation_size=None, shuffle_set_split=True, strategy="ddp_spawn"
+    )
+    assert kwargs["sampler_seed"] == 0
+    # what one process would train on with that seed: every batch of every pass
+    single = model._data_splitter_cls(model.adata_manager, batch_size=8, group_by_condition=True, **kwargs)
+    single.setup()
+    expected = passes(single.train_dataloader())
+    assert all(len(set(condition[list(b)])) == 1 and len(b) <= 8 for b in expected[0])
+    assert expected[0] != expected[1]  # reshuffled every pass
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda *a, rank=rank, **k: rank)
+        splitter = model._data_splitter_cls(
+            model.adata_manager, batch_size=8, group_by_condition=True, distributed_sampler=True, **kwargs
+        )
+        splitter.setup()
+        loader = splitter.train_dataloader()
+        assert isinstance(loader.sampler, DistributedConditionBatchSampler)
+        shares.append(passes(loader))
+    for epoch, batches in enumerate(expected):
+        # the same number of steps in every process (or DDP hangs), the pass padded by its first batch
+        padded = batches + batches[: len(batches) % 2]
+        assert shares[0][epoch] == padded[0::2]
+        assert shares[1][epoch] == padded[1::2]

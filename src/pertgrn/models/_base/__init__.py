@@ -19,6 +19,7 @@ from pertgrn.models._base._pairing import (
     PARTNER_LIBRARY_KEY,
     PARTNER_X_KEY,
     ConditionBatchSampler,
+    DistributedConditionBatchSampler,
     PairedAnnDataLoader,
     PairedDataSplitter,
     control_cells,
@@ -27,6 +28,7 @@ from pertgrn.models._base._pairing import (
 __all__ = [
     "CONDITION_REGISTRY_KEY",
     "ConditionBatchSampler",
+    "DistributedConditionBatchSampler",
     "DESIGN_KEY",
     "PARTNER_INDEX_KEY",
     "PARTNER_LIBRARY_KEY",

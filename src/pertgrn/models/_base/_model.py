@@ -246,7 +246,8 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         processes do not inherit, so processes could train on different cells and one's
         validation cells be another's training cells. Under DDP the split is drawn from
         ``scvi.settings.seed``, or from 0 when it is unset, so that every process (including the
-        copies of a script that ``strategy="ddp"`` starts) draws the same one.
+        copies of a script that ``strategy="ddp"`` starts) draws the same one; so is the
+        shuffling of condition batches (``sampler_seed``), which the processes share out.
         """
         from scvi.model._utils import use_distributed_sampler
 
@@ -263,12 +264,12 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
                     f"(adata.obs[{self.test_key!r}]) in the training or validation set."
                 )
         elif held_out.any() or distributed:
-            from scvi import settings
-
-            seed = (0 if settings.seed is None else settings.seed) if distributed else None
             datasplitter_kwargs["external_indexing"] = self._split_indices(
-                train_size, validation_size, shuffle_set_split, seed=seed
+                train_size, validation_size, shuffle_set_split, seed=_shared_seed() if distributed else None
             )
+        if distributed and issubclass(self._data_splitter_cls, PairedDataSplitter):
+            # condition batches are shuffled in every process: from one seed, so processes share them out
+            datasplitter_kwargs.setdefault("sampler_seed", _shared_seed())
         return datasplitter_kwargs
 
     def history_summary(self) -> pd.DataFrame:
@@ -619,3 +620,10 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
                 raise ValueError(f"`threshold` must be a non-negative number or None, found {threshold!r}.")
             weights = (edge_strength(weights, graph.signed) > threshold).astype(np.int8)
         return pd.DataFrame(weights, index=pd.Index(graph.nodes), columns=pd.Index(graph.nodes))
+
+
+def _shared_seed() -> int:
+    """The seed every data-parallel process uses for what they must agree on: ``scvi.settings.seed``, or 0."""
+    from scvi import settings
+
+    return 0 if settings.seed is None else int(settings.seed)

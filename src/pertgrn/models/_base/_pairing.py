@@ -26,7 +26,8 @@ Two options serve models whose losses compare a condition's cells as a populatio
 
 - ``group_by_condition=True``: every minibatch holds cells of **one** condition
   (:class:`ConditionBatchSampler`), in a new random order every epoch, as the discrepancy-VAE and
-  SENA samplers do;
+  SENA samplers do; under data-parallel training each process takes its share of the batches
+  (:class:`DistributedConditionBatchSampler`);
 - ``random_partners=True``: each perturbed cell gets one control partner drawn uniformly (with
   replacement) from the *training* controls every time its minibatch is loaded, instead of its
   OT partners: the random-pairing baseline the OT papers compare against.
@@ -44,6 +45,7 @@ from scvi.data import AnnDataManager
 from scvi.data._utils import registry_key_to_default_dtype
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 from torch.utils.data import Sampler, default_convert
+from torch.utils.data.distributed import DistributedSampler
 
 from pertgrn.models._base._fields import CONDITION_REGISTRY_KEY, DESIGN_KEY, PARTNER_INDEX_KEY, PARTNER_WEIGHT_KEY
 
@@ -134,6 +136,57 @@ class ConditionBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return sum(len(self._chunks(members)) for members in self.groups)
+
+
+class DistributedConditionBatchSampler(DistributedSampler):
+    """One process's share of a :class:`ConditionBatchSampler`'s batches under data-parallel training.
+
+    Every process draws the same pass of condition batches (the samplers share one seed) and takes
+    every ``num_replicas``-th of them, starting at its ``rank``; the pass is first extended by
+    repeating its first batches so that it divides evenly, as :class:`~torch.utils.data.DistributedSampler`
+    does, because every process must take the same number of optimisation steps. A batch stays
+    one condition's cells, so a loss over a condition's population (MMD) sees the same kind of
+    batch as in a single process; the processes' gradients are averaged by the strategy.
+
+    A :class:`~torch.utils.data.DistributedSampler`, so that Lightning does not wrap it in a
+    sampler of its own.
+
+    Parameters
+    ----------
+    sampler
+        The condition batches of the whole training set (seeded identically in every process).
+    num_replicas, rank
+        Number of processes and this one's rank; ``None`` reads them from the initialised
+        :mod:`torch.distributed` process group.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pertgrn.models._base import ConditionBatchSampler, DistributedConditionBatchSampler
+    >>> batches = ConditionBatchSampler(np.array([0, 0, 1, 1, 2, 2]), batch_size=2, shuffle=False)
+    >>> [list(DistributedConditionBatchSampler(batches, num_replicas=2, rank=r)) for r in (0, 1)]
+    [[[0, 1], [4, 5]], [[2, 3], [0, 1]]]
+    """
+
+    def __init__(self, sampler: ConditionBatchSampler, num_replicas: int | None = None, rank: int | None = None):
+        super().__init__(range(len(sampler)), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.sampler.batches()
+        if not batches:
+            return
+        total = -(-len(batches) // self.num_replicas) * self.num_replicas
+        batches = (batches * (-(-total // len(batches))))[:total]
+        for batch in batches[self.rank : total : self.num_replicas]:
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do: the condition batches are reshuffled at every pass by the wrapped sampler."""
+        self.epoch = epoch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,8 +377,14 @@ class PairedAnnDataLoader(AnnDataLoader):
         uses the OT partners of the partner field.
     partner_keys
         Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
+    sampler_seed
+        Seed of the condition batches' shuffling (with ``group_by_condition``); ``None`` uses
+        :attr:`scvi.settings.seed`. Data-parallel processes need one they all share.
     **kwargs
         Arguments of :class:`~scvi.dataloaders.AnnDataLoader` (``indices``, ``batch_size``, ``shuffle``, …).
+        With ``group_by_condition``, ``distributed_sampler=True`` (what scvi-tools passes under a
+        data-parallel strategy) gives this process its share of the condition batches
+        (:class:`DistributedConditionBatchSampler`).
     """
 
     def __init__(
@@ -337,6 +396,7 @@ class PairedAnnDataLoader(AnnDataLoader):
         min_batch_size: int = 2,
         random_partners: np.ndarray | None = None,
         partner_keys: Sequence[str] = (),
+        sampler_seed: int | None = None,
         **kwargs,
     ):
         registry = adata_manager.data_registry
@@ -359,12 +419,16 @@ class PairedAnnDataLoader(AnnDataLoader):
                 eligible = _registry_array(adata_manager, PARTNER_INDEX_KEY)[indices, 0] >= 0
             else:
                 eligible = ~np.isin(indices, control_cells(adata_manager, indices))
-            kwargs["sampler"] = ConditionBatchSampler(
+            sampler = ConditionBatchSampler(
                 np.where(eligible, codes, -1),
                 kwargs.pop("batch_size", 128),
                 shuffle=kwargs.pop("shuffle", False),
                 min_batch_size=min_batch_size,
+                seed=sampler_seed,
             )
+            if kwargs.pop("distributed_sampler", False):
+                sampler = DistributedConditionBatchSampler(sampler)
+            kwargs["sampler"] = sampler
             kwargs.pop("drop_last", None)
         kwargs["collate_fn"] = AttachPartners(
             adata_manager, partner_columns, random_partners=random_partners, keys=partner_keys
@@ -394,6 +458,9 @@ class PairedDataSplitter(DataSplitter):
         built, instead of its OT partners; validation batches draw from the same training controls.
     partner_keys
         Further registry keys whose rows of each partner go into the minibatch (``partner_<key>``).
+    sampler_seed
+        Seed of the condition batches' shuffling (with ``group_by_condition``); ``None`` uses
+        :attr:`scvi.settings.seed`.
     **kwargs
         Arguments of :class:`~scvi.dataloaders.DataSplitter`.
     """
@@ -409,6 +476,7 @@ class PairedDataSplitter(DataSplitter):
         min_batch_size: int = 2,
         random_partners: bool = False,
         partner_keys: Sequence[str] = (),
+        sampler_seed: int | None = None,
         **kwargs,
     ):
         if group_by_condition:
@@ -421,6 +489,7 @@ class PairedDataSplitter(DataSplitter):
             group_by_condition=group_by_condition,
             min_batch_size=min_batch_size,
             partner_keys=tuple(partner_keys),
+            sampler_seed=sampler_seed,
             **kwargs,
         )
         self.random_partners = bool(random_partners)

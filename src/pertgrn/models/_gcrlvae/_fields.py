@@ -66,13 +66,6 @@ def activity_field(
             np.flatnonzero(sizes == 1).tolist(),
         )
     columns = [f"C{c}" for c in range(n_communities)] + ["global"]
-
-    def compute(a: AnnData, state: Mapping) -> np.ndarray:
-        if state.get("transfer_ok", False) and state["activity_key"] not in a.obsm:
-            logger.debug("adata.obsm[%r] is absent: cells are set up without activities.", state["activity_key"])
-            return np.zeros((a.n_obs, len(state["column_names"])), dtype=np.float32)
-        return check_activity(a, state["activity_key"], len(state["column_names"]))
-
     state = {
         "activity_key": activity_key,
         "communities_key": communities_key,
@@ -81,7 +74,24 @@ def activity_field(
         "grn_tfs": all_tfs,
         "transfer_ok": True,
     }
-    precomputed = compute(adata, {**state, "column_names": columns, "transfer_ok": transfer})
+    precomputed = _activities(adata, {**state, "column_names": columns, "transfer_ok": transfer})
     return DerivedObsmField(
-        ACTIVITY_KEY, ACTIVITY_OBSM_KEY, compute=compute, columns=columns, precomputed=precomputed, extra_state=state
+        ACTIVITY_KEY,
+        ACTIVITY_OBSM_KEY,
+        compute=_activities,
+        columns=columns,
+        precomputed=precomputed,
+        extra_state=state,
     )
+
+
+def _activities(adata: AnnData, state: Mapping) -> np.ndarray:
+    """``compute`` of the activity field; zeros for new cells without activities when ``transfer_ok``.
+
+    A module-level function, not a closure, so that a registered manager pickles (Lightning's
+    ``ddp_spawn`` sends the model to the processes it starts).
+    """
+    if state.get("transfer_ok", False) and state["activity_key"] not in adata.obsm:
+        logger.debug("adata.obsm[%r] is absent: cells are set up without activities.", state["activity_key"])
+        return np.zeros((adata.n_obs, len(state["column_names"])), dtype=np.float32)
+    return check_activity(adata, state["activity_key"], len(state["column_names"]))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scvi.train import TrainingPlan
 
+from pertgrn.models._base._logging import EpochTermsMixin
 from pertgrn.models._gcrlvae._module import GCRLVAEModule
 from pertgrn.models._gcrlvae._schedules import alpha_schedule, beta_schedule, temperature_schedule
 
 
-class GCRLVAETrainingPlan(TrainingPlan):
+class GCRLVAETrainingPlan(EpochTermsMixin, TrainingPlan):
     """:class:`scvi.train.TrainingPlan` that sets the epoch's loss weights before each epoch.
 
     At epoch ``n`` of ``T`` (``trainer.max_epochs``) the module's centroid weight, KL weight and

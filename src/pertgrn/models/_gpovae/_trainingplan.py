@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan
 
+from pertgrn.models._base._logging import EpochTermsMixin
 from pertgrn.models._gpovae._module import GPOVAEModule
 
 #: parameters of the GRN part of the module, optimised at ``grn_lr``
 GRN_PARAMETERS = ("grn_logits", "grn_effects")
 
 
-class GPOVAETrainingPlan(TrainingPlan):
+class GPOVAETrainingPlan(EpochTermsMixin, TrainingPlan):
     """:class:`scvi.train.TrainingPlan` that draws ``n_particles`` samples of the global latents per step.
 
     Defaults follow the reference implementation (dmis-lab/GPO-VAE,
@@ -26,8 +24,8 @@ class GPOVAETrainingPlan(TrainingPlan):
     Two things make a step cheaper without changing what is computed: Adam runs as PyTorch's fused
     kernel where the parameters' device has one (CPU with PyTorch ≥ 2.4, CUDA), the same update in
     one pass over each parameter instead of about ten; and the loss terms are summed over the
-    epoch in one tensor and logged once at its end (the minibatch-size-weighted mean, what
-    Lightning's per-epoch logging computes), instead of one Lightning ``log`` call per term and step.
+    epoch in one tensor and logged once at its end (:class:`~pertgrn.models._base._logging.EpochTermsMixin`),
+    instead of one Lightning ``log`` call per term and step.
 
     Parameters
     ----------
@@ -65,8 +63,6 @@ class GPOVAETrainingPlan(TrainingPlan):
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
         self.n_particles = int(n_particles)
         self.grn_lr = grn_lr
-        #: per mode ("train", "validation"): term names, Σ value · minibatch size, Σ minibatch size
-        self._epoch_terms: dict[str, tuple[list[str], torch.Tensor, float]] = {}
 
     def _optimizer_creator_fn(self, optimizer_cls):
         """scvi-tools' optimizer (``lr``, ``eps``, ``weight_decay``), fused where the parameters' device allows it."""
@@ -83,46 +79,6 @@ class GPOVAETrainingPlan(TrainingPlan):
             return optimizer_cls(params, **settings)
 
         return create
-
-    @torch.inference_mode()
-    def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
-        """scvi-tools' ELBO metrics per step; the module's other terms summed here and logged at the epoch's end."""
-        if self.on_step or not self.on_epoch or not loss_output.extra_metrics:
-            return super().compute_and_log_metrics(loss_output, metrics, mode)
-        without_terms = copy.copy(loss_output)
-        object.__setattr__(without_terms, "extra_metrics", {})  # LossOutput is a frozen dataclass
-        super().compute_and_log_metrics(without_terms, metrics, mode)
-        names = list(loss_output.extra_metrics)
-        values = torch.stack([torch.as_tensor(loss_output.extra_metrics[k]).detach().reshape(()) for k in names])
-        n = float(loss_output.n_obs_minibatch)
-        values = values.to(torch.float64) * n
-        if mode in self._epoch_terms:
-            _, total, count = self._epoch_terms[mode]
-            values, n = total + values, count + n
-        self._epoch_terms[mode] = (names, values, n)
-
-    def _log_epoch_terms(self, mode: str) -> None:
-        """Log the epoch's minibatch-size-weighted mean of every term (over all processes under DDP)."""
-        if mode not in self._epoch_terms:
-            return
-        names, total, count = self._epoch_terms.pop(mode)
-        total = torch.cat([total, total.new_tensor([count])])
-        if self.use_sync_dist:
-            total = self.trainer.strategy.reduce(total, reduce_op="sum")
-        means = (total[:-1] / total[-1]).float().cpu()
-        for name, value in zip(names, means, strict=True):
-            # every process holds the same value now; sync_dist only tells Lightning so
-            self.log(f"{name}_{mode}", value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
-
-    def on_train_epoch_end(self) -> None:
-        """Log the epoch's loss terms of the training cells."""
-        super().on_train_epoch_end()
-        self._log_epoch_terms("train")
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the epoch's loss terms of the validation cells."""
-        super().on_validation_epoch_end()
-        self._log_epoch_terms("validation")
 
     def configure_optimizers(self):
         """scvi-tools' optimizer, with the GRN parameters in a group of their own at ``grn_lr`` when it is set.

@@ -7,13 +7,14 @@ from typing import Literal
 import torch
 from scvi.train import TrainingPlan
 
+from pertgrn.models._base._logging import EpochTermsMixin
 from pertgrn.models._raptorgraph._module import RaptorGraphModule
 from pertgrn.nn import dagma_mu_schedule
 
 MU_SCHEDULES = ("staged", "smooth", "constant")
 
 
-class RaptorGraphTrainingPlan(TrainingPlan):
+class RaptorGraphTrainingPlan(EpochTermsMixin, TrainingPlan):
     """:class:`scvi.train.TrainingPlan` with RAPTORGraph's optimiser and DAGMA path following.
 
     - AdamW (paper Table S5; ``lr`` defaults to the paper's 1e-4 here, the model passes 1e-3),
@@ -42,6 +43,10 @@ class RaptorGraphTrainingPlan(TrainingPlan):
         Further keyword arguments of :class:`scvi.train.TrainingPlan`.
     """
 
+    #: the module's terms are logged once per epoch (``<term>_train`` …); scvi-tools' per-step ELBO
+    #: metrics are not: Lightning's cost per logged value and step is large next to a CPU step here
+    log_elbo_metrics = False
+
     def __init__(
         self,
         module: RaptorGraphModule,
@@ -67,7 +72,6 @@ class RaptorGraphTrainingPlan(TrainingPlan):
         if kwargs.get("n_epochs_kl_warmup") is None and kwargs.get("n_steps_kl_warmup") is None:
             self.loss_kwargs.pop("kl_weight", None)  # no warm-up: nothing to pass (or log) every step
         self._rescales = 0
-        self._epoch_terms: dict[str, dict[str, torch.Tensor]] = {}
 
     def dagma_mu(self, epoch: int) -> float:
         """``μ_t`` at ``epoch`` of a run of ``trainer.max_epochs`` epochs."""
@@ -107,34 +111,9 @@ class RaptorGraphTrainingPlan(TrainingPlan):
         self._rescales = 0
         self.loss_kwargs["dagma_mu"] = self.dagma_mu(self.current_epoch)
 
-    def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
-        """Accumulate the loss terms of a minibatch (weighted by its cells); they are logged once per epoch.
-
-        Lightning's cost per logged value and step is large next to a RAPTORGraph step on a CPU,
-        so terms are summed here and their epoch means logged at the end of the epoch as
-        ``<term>_train`` / ``<term>_validation`` (the same values scvi-tools' per-epoch logging gives).
-        """
-        n = loss_output.n_obs_minibatch
-        sums = self._epoch_terms.setdefault(mode, {})
-        for key, value in loss_output.extra_metrics.items():
-            value = value.detach() * n
-            sums[key] = sums[key] + value if key in sums else value
-        sums["_n"] = sums.get("_n", 0) + n
-
-    def _log_epoch_terms(self, mode: str) -> None:
-        sums = self._epoch_terms.pop(mode, None)
-        if not sums:
-            return
-        n = sums.pop("_n")
-        for key, total in sums.items():
-            self.log(f"{key}_{mode}", float(total) / n, on_step=False, on_epoch=True, batch_size=1)
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the validation terms of the epoch."""
-        self._log_epoch_terms("validation")
-
     def on_train_epoch_end(self) -> None:
         """Log the training terms, ``μ_t`` and the number of domain-guard rescales of the epoch."""
-        self._log_epoch_terms("train")
-        self.log("dagma_mu", float(self.loss_kwargs["dagma_mu"]), on_step=False, on_epoch=True, batch_size=1)
-        self.log("dagma_rescales", float(self._rescales), on_step=False, on_epoch=True, batch_size=1)
+        super().on_train_epoch_end()
+        for name, value in (("dagma_mu", self.loss_kwargs["dagma_mu"]), ("dagma_rescales", self._rescales)):
+            # the same in every process (A is kept in sync by the strategy)
+            self.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=self.use_sync_dist)
