@@ -23,7 +23,7 @@ from pertgrn.models._base import (
     PairedDataSplitter,
 )
 from pertgrn.models._gcrlvae._alignment import tmex_torch
-from pertgrn.models._gcrlvae._module import PARTNER_ACTIVITY_KEY, GCRLVAEModule
+from pertgrn.models._gcrlvae._module import ACTIVITY_KEY, PARTNER_ACTIVITY_KEY, GCRLVAEModule
 from pertgrn.models._gcrlvae._permutation import LatentPermutation, hungarian, sinkhorn
 from pertgrn.models._gcrlvae._schedules import alpha_schedule, beta_schedule, temperature_schedule
 
@@ -117,6 +117,18 @@ def test_training_plan_sets_each_epochs_weights(screen):
     np.testing.assert_allclose(history["alpha_train"], alpha_schedule(12, 4.0), rtol=1e-6)
     np.testing.assert_allclose(history["beta_train"], beta_schedule(12, 1.0), atol=1e-7)
     assert float(model.module.temperature) == pytest.approx(3.0)  # the final temperature predicts
+
+
+def test_registered_fields_pickle_for_spawned_processes(screen):
+    # Lightning's ddp_spawn pickles the model's manager: the activity field must not be a closure
+    import pickle
+
+    adata = screen.copy()
+    GCRLVAE.setup_anndata(adata, test_key="test")
+    fields = pickle.loads(pickle.dumps(GCRLVAE(adata).adata_manager.fields))
+    activity = next(f for f in fields if f.registry_key == ACTIVITY_KEY)
+    recomputed = activity._compute(adata, {**activity._extra_state, "column_names": activity._columns})
+    np.testing.assert_array_equal(recomputed, np.asarray(adata.obsm["X_tf_activity"], dtype=np.float32))
 
 
 # ------------------------------------------------------------------------------------------------

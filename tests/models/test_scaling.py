@@ -129,6 +129,39 @@ def test_loss_terms_are_logged_once_per_epoch_as_weighted_means(model, monkeypat
     assert len(logged) == 2
 
 
+def test_epoch_terms_are_summed_over_processes_before_the_mean(model, monkeypatch):
+    # under DDP every process adds its (Σ value·n, Σ n); the mean is taken over the cells of all of them
+    from types import SimpleNamespace
+
+    from scvi.module.base import LossOutput
+    from scvi.train import TrainingPlan
+
+    plan = GPOVAETrainingPlan(model.module)
+    monkeypatch.setattr(TrainingPlan, "compute_and_log_metrics", lambda self, *a, **k: None)
+    monkeypatch.setattr(GPOVAETrainingPlan, "use_sync_dist", True)
+    reduced = []
+
+    def reduce(tensor, reduce_op):
+        assert reduce_op == "sum" and not tensor.is_inference()  # Lightning syncs in place
+        reduced.append(tensor)
+        return tensor + torch.tensor([6.0 * 20, 20.0], dtype=tensor.dtype)  # the other process: 20 cells at 6.0
+
+    monkeypatch.setattr(GPOVAETrainingPlan, "trainer", SimpleNamespace(strategy=SimpleNamespace(reduce=reduce)))
+    logged = {}
+    monkeypatch.setattr(plan, "log", lambda name, value, **k: logged.__setitem__(name, (float(value), k)))
+    output = LossOutput(loss=torch.tensor(0.0), n_obs_minibatch=10, extra_metrics={"gpo_fit": torch.tensor(3.0)})
+    plan.compute_and_log_metrics(output, {}, "train")
+    plan.log_epoch_terms("train")
+    assert len(reduced) == 1
+    assert logged["gpo_fit_train"][0] == pytest.approx((3.0 * 10 + 6.0 * 20) / 30)
+    assert logged["gpo_fit_train"][1]["sync_dist"] is True
+    # a module whose terms change within an epoch is an error, not a silently wrong mean
+    plan.compute_and_log_metrics(output, {}, "train")
+    other = LossOutput(loss=torch.tensor(0.0), n_obs_minibatch=10, extra_metrics={"kl": torch.tensor(1.0)})
+    with pytest.raises(RuntimeError, match="changed within an epoch"):
+        plan.compute_and_log_metrics(other, {}, "train")
+
+
 def test_fused_adam_where_available(model):
     plan = GPOVAETrainingPlan(model.module, grn_lr=0.05)
     optimizer = plan.configure_optimizers()["optimizer"]

@@ -301,7 +301,7 @@ def _certificate(C, u, v, tol, k_add):  # pragma: no cover - compiled
     worst = np.full((m, k_add), -1, np.int64)
     topv = np.empty(k_add, np.float64)
     topi = np.empty(k_add, np.int64)
-    last = k_add - 1
+    minus_u = -u
     r_min = np.inf
     n_violating = 0
     for j in range(m):
@@ -314,21 +314,10 @@ def _certificate(C, u, v, tol, k_add):  # pragma: no cover - compiled
         if row_min >= -tol:
             continue
         n_violating += 1
+        _cheapest(C, j, minus_u, topv, topi)  # the k_add smallest C[j, i] - u[i], ascending
         for k in range(k_add):
-            topv[k] = -tol
-            topi[k] = -1
-        for i in range(n):
-            r = C[j, i] - u[i] - v[j]
-            if r < topv[last]:
-                k = last
-                while k > 0 and topv[k - 1] > r:
-                    topv[k] = topv[k - 1]
-                    topi[k] = topi[k - 1]
-                    k -= 1
-                topv[k] = r
-                topi[k] = i
-        for k in range(k_add):
-            worst[j, k] = topi[k]
+            if topv[k] - v[j] < -tol:
+                worst[j, k] = topi[k]
     return worst, n_violating, r_min
 
 

@@ -45,8 +45,13 @@ class EpochTermsMixin:
         values = torch.stack([torch.as_tensor(loss_output.extra_metrics[k]).detach().reshape(()) for k in names])
         n = float(loss_output.n_obs_minibatch)
         values = values.to(torch.float64) * n
-        if mode in terms and terms[mode][0] == names:
-            _, total, count = terms[mode]
+        if mode in terms:
+            previous, total, count = terms[mode]
+            if previous != names:
+                raise RuntimeError(
+                    f"The module's loss terms changed within an epoch: {previous} before, {names} now. "
+                    "Every minibatch of a mode must report the same extra metrics."
+                )
             values, n = total + values, count + n
         terms[mode] = (names, values, n)
 
