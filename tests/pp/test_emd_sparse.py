@@ -218,6 +218,24 @@ def test_auction_prices_are_approximate_duals():
     assert np.sqrt(np.mean(error**2)) < 0.01 * scale
 
 
+@pytest.mark.parametrize("step", [2, 4, 7])
+def test_coarse_subsample_keeps_every_cells_share_of_nearest_controls(step):
+    """The coarse phases' controls: each cell's nearest controls are subsampled to within one of their share."""
+    rng = np.random.default_rng(4)
+    controls, cells = _cloud(rng, 3001, 5), _cloud(rng, 120, 5, shift=0.3)
+    C = _costs(controls, cells)
+    sub = _emd_sparse._stratified_subsample(C, step)
+    assert sub.dtype == np.int64 and sub.size == -(-C.shape[0] // step)
+    assert np.array_equal(sub, np.unique(sub))  # sorted, distinct
+    nearest = C.argmin(axis=1)
+    share = np.bincount(nearest, minlength=C.shape[1]) / step
+    kept = np.bincount(nearest[sub], minlength=C.shape[1])
+    assert np.abs(kept - share).max() < 1.0
+    # a plain one-in-`step` sample does not (the imbalance the stratification removes)
+    plain = np.bincount(nearest[::step], minlength=C.shape[1])
+    assert np.abs(plain - share).max() >= 1.0
+
+
 def test_kernels_are_cached_in_a_writable_directory():
     """numba compiles each kernel once and keeps it on disk (next to the module, or NUMBA_CACHE_DIR)."""
     for kernel in (_emd_sparse._auction, _emd_sparse._candidates, _emd_sparse._certificate):
