@@ -16,6 +16,10 @@ et al. shape the paper reports: 150 regulators (TFs) in 8 modules, 1,716 genes (
 Usage::
 
     OMP_WAIT_POLICY=PASSIVE nice python benchmarks/gcrl.py --out benchmarks/results/gcrl.json
+    # the simulator's default size (1,680 cells x 200 genes), one torch thread
+    OMP_WAIT_POLICY=PASSIVE nice python benchmarks/gcrl.py --n-genes 200 --n-regulators 20 --n-modules 4 \
+        --n-control 400 --n-perturbed 12 --cells-per-condition 80 --n-doubles 4 --epochs 20 --threads 1 \
+        --out benchmarks/results/gcrl_simulator_t1.json
 """
 
 from __future__ import annotations
