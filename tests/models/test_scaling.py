@@ -111,6 +111,7 @@ def test_loss_terms_are_logged_once_per_epoch_as_weighted_means(model, monkeypat
     plan = GPOVAETrainingPlan(model.module)
     monkeypatch.setattr(TrainingPlan, "compute_and_log_metrics", lambda self, *a, **k: None)
     monkeypatch.setattr(GPOVAETrainingPlan, "use_sync_dist", False)
+    monkeypatch.setattr(GPOVAETrainingPlan, "log_elbo_metrics", False)
     logged = {}
     monkeypatch.setattr(plan, "log", lambda name, value, **k: logged.__setitem__(name, (float(value), k)))
     for value, n in ((1.0, 10), (4.0, 30)):
@@ -124,9 +125,52 @@ def test_loss_terms_are_logged_once_per_epoch_as_weighted_means(model, monkeypat
     plan.log_epoch_terms("train")
     assert logged["gpo_fit_train"][0] == pytest.approx((1.0 * 10 + 4.0 * 30) / 40)
     assert logged["n_edges_train"][0] == pytest.approx(2 * 3.25)
-    assert logged["gpo_fit_train"][1] == {"on_step": False, "on_epoch": True, "batch_size": 1, "sync_dist": False}
+    assert logged["gpo_fit_train"][1] == {
+        "on_step": False,
+        "on_epoch": True,
+        "batch_size": 1,
+        "sync_dist": False,
+        "prog_bar": False,
+    }
+    assert logged["train_loss"][0] == 0.0 and logged["train_loss"][1]["prog_bar"] is True
     plan.log_epoch_terms("train")  # a new epoch starts from zero
-    assert len(logged) == 2
+    assert set(logged) == {"train_loss", "gpo_fit_train", "n_edges_train", "kl_weight"}
+    assert logged["kl_weight"][0] == pytest.approx(float(plan.kl_weight))  # once per epoch, not per step
+
+
+@pytest.mark.parametrize("mode", ["train", "validation"])
+def test_elbo_metrics_per_epoch_equal_scvi_tools_elbo_metric(model, monkeypatch, mode):
+    # the ELBO metrics come from sums kept with the extra terms (no Lightning call per step); their
+    # epoch values are those of scvi-tools' ElboMetric objects fed the same minibatches
+    from scvi.module.base import LossOutput
+    from scvi.train import TrainingPlan
+
+    plan = GPOVAETrainingPlan(model.module)
+    monkeypatch.setattr(GPOVAETrainingPlan, "use_sync_dist", False)
+    plan.n_obs_training, plan.n_obs_validation = 40, 25
+    n_total = 40 if mode == "train" else 25
+    metrics = TrainingPlan._create_elbo_metric_components(mode, n_total=n_total)[-1]
+    logged = {}
+    monkeypatch.setattr(plan, "log", lambda name, value, **k: logged.__setitem__(name, value))
+    generator = torch.Generator().manual_seed(0)
+    for n in (10, 30, 7):
+        output = LossOutput(
+            loss=torch.tensor(0.0),
+            reconstruction_loss=torch.rand(n, generator=generator) * 100,
+            kl_local=torch.rand(n, generator=generator),
+            kl_global=torch.rand((), generator=generator) * 5,
+            extra_metrics={"gpo_fit": torch.tensor(float(n))},
+        )
+        plan.compute_and_log_metrics(output, {}, mode)
+        TrainingPlan.compute_and_log_metrics(
+            plan, LossOutput(**{**output.__dict__, "extra_metrics": {}}), metrics, mode
+        )
+    logged.clear()  # scvi-tools' path logged its metric objects; ours logs nothing per step
+    plan.log_epoch_terms(mode)
+    assert set(logged) == {*metrics, f"gpo_fit_{mode}", f"{mode}_loss"} | ({"kl_weight"} if mode == "train" else set())
+    for name, metric in metrics.items():
+        assert float(logged[name]) == pytest.approx(float(metric.compute()), rel=1e-6), name
+    assert float(logged[f"gpo_fit_{mode}"]) == pytest.approx((10 * 10 + 30 * 30 + 7 * 7) / 47)
 
 
 def test_epoch_terms_are_summed_over_processes_before_the_mean(model, monkeypatch):
@@ -139,12 +183,14 @@ def test_epoch_terms_are_summed_over_processes_before_the_mean(model, monkeypatc
     plan = GPOVAETrainingPlan(model.module)
     monkeypatch.setattr(TrainingPlan, "compute_and_log_metrics", lambda self, *a, **k: None)
     monkeypatch.setattr(GPOVAETrainingPlan, "use_sync_dist", True)
+    monkeypatch.setattr(GPOVAETrainingPlan, "log_elbo_metrics", False)
     reduced = []
 
     def reduce(tensor, reduce_op):
         assert reduce_op == "sum" and not tensor.is_inference()  # Lightning syncs in place
         reduced.append(tensor)
-        return tensor + torch.tensor([6.0 * 20, 20.0], dtype=tensor.dtype)  # the other process: 20 cells at 6.0
+        # the other process: 20 cells, loss 1.0, term 6.0
+        return tensor + torch.tensor([1.0 * 20, 6.0 * 20, 20.0], dtype=tensor.dtype)
 
     monkeypatch.setattr(GPOVAETrainingPlan, "trainer", SimpleNamespace(strategy=SimpleNamespace(reduce=reduce)))
     logged = {}
@@ -154,6 +200,7 @@ def test_epoch_terms_are_summed_over_processes_before_the_mean(model, monkeypatc
     plan.log_epoch_terms("train")
     assert len(reduced) == 1
     assert logged["gpo_fit_train"][0] == pytest.approx((3.0 * 10 + 6.0 * 20) / 30)
+    assert logged["train_loss"][0] == pytest.approx((0.0 * 10 + 1.0 * 20) / 30)
     assert logged["gpo_fit_train"][1]["sync_dist"] is True
     # a module whose terms change within an epoch is an error, not a silently wrong mean
     plan.compute_and_log_metrics(output, {}, "train")

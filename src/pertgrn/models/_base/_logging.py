@@ -2,49 +2,80 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from scvi.module.base import LossOutput
 
+#: the loss's place among the summed terms (logged as ``train_loss`` / ``validation_loss``)
+_LOSS = "\0loss"
+
 
 class EpochTermsMixin:
-    """Log a module's extra loss terms once per epoch, as cell-weighted means over every process.
+    """Log a module's loss terms once per epoch, as cell-weighted means over every process.
 
     Mix into a :class:`scvi.train.TrainingPlan` (before it in the bases). scvi-tools logs every
-    entry of ``LossOutput.extra_metrics`` with one Lightning ``log`` call per term and step, inside
-    ``torch.inference_mode``: on a CPU those calls cost more than a small model's step, and under a
-    data-parallel strategy Lightning cannot synchronise the values it accumulated (they are
-    inference tensors, which it must update in place). Here the terms of every minibatch are
-    summed into one tensor, weighted by the minibatch's cells, and at the end of the epoch the sums
-    are added over the processes and logged as ``<term>_train`` / ``<term>_validation``: the
-    weighted mean that Lightning's per-epoch logging computes, over all cells of all processes.
+    entry of ``LossOutput.extra_metrics`` and each of its four ELBO metrics with one Lightning
+    ``log`` call per step, inside ``torch.inference_mode``: on a CPU those calls (about a
+    millisecond each) cost more than a small model's step, and under a data-parallel strategy
+    Lightning cannot synchronise the extra terms it accumulated (they are inference tensors, which
+    it must update in place). Here every minibatch's terms are added to one tensor and, at the end
+    of the epoch, the sums are added over the processes and logged once:
 
-    scvi-tools' ELBO metrics (torchmetrics objects, which synchronise themselves) are still logged
-    its way unless :attr:`log_elbo_metrics` is ``False``.
+    - ``<term>_train`` / ``<term>_validation``: the mean of each extra term weighted by the
+      minibatches' cells, as Lightning's per-epoch logging computes it;
+    - ``train_loss`` / ``validation_loss``: the loss, weighted by the minibatches' cells (as
+      Lightning weights it by the batch size it finds);
+    - with :attr:`log_elbo_metrics`, scvi-tools' ``reconstruction_loss_*`` and ``kl_local_*`` (sums
+      over the epoch's cells divided by their number), ``kl_global_*`` (mean over minibatches) and
+      ``elbo_*`` (the first two plus ``kl_global`` divided by the mode's number of cells), the
+      values of its ``ElboMetric`` objects;
+    - ``kl_weight`` (when the loss takes one) at the end of each training epoch, not every step.
+
+    With ``on_step=True`` in the plan, scvi-tools' per-step logging is used unchanged.
     """
 
     #: Also log scvi-tools' ELBO metrics (``elbo_*``, ``reconstruction_loss_*``, ``kl_local_*``, …).
     log_elbo_metrics: bool = True
 
+    def _per_epoch(self) -> bool:
+        return self.on_epoch and not self.on_step
+
+    def training_step(self, batch, batch_idx):
+        """scvi-tools' training step, its loss and metrics added to the epoch's sums instead of logged."""
+        if not self._per_epoch():
+            return super().training_step(batch, batch_idx)
+        if "kl_weight" in self.loss_kwargs:
+            self.loss_kwargs.update({"kl_weight": self.kl_weight})
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
+        return loss_output.loss
+
+    def validation_step(self, batch, batch_idx):
+        """scvi-tools' validation step, its loss and metrics added to the epoch's sums instead of logged."""
+        if not self._per_epoch():
+            return super().validation_step(batch, batch_idx)
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
+
     @torch.inference_mode()
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
-        """Sum this minibatch's terms (weighted by its cells); log the ELBO metrics as scvi-tools does."""
-        if self.on_step or not self.on_epoch:
+        """Add this minibatch's terms to the epoch's sums (logged at the end of the epoch)."""
+        if not self._per_epoch():
             return super().compute_and_log_metrics(loss_output, metrics, mode)
+        names = [_LOSS, *loss_output.extra_metrics]
+        n = float(loss_output.n_obs_minibatch)
+        device = torch.as_tensor(loss_output.loss).device  # the sums stay there: no copy per step
+        values = {_LOSS: loss_output.loss, **loss_output.extra_metrics}
+        parts = [torch.as_tensor(values[k], device=device).reshape(()) for k in names]
+        if self.log_elbo_metrics:  # sums as scvi-tools' ElboMetric keeps them, and one minibatch
+            elbo = [loss_output.reconstruction_loss_sum, loss_output.kl_local_sum, loss_output.kl_global_sum]
+            parts += [torch.as_tensor(x, device=device).reshape(()) for x in elbo]
+        values = torch.stack(parts).detach().to(torch.float64)
+        values[: len(names)] *= n  # extra terms are per-cell means: weight them by the minibatch's cells
         if self.log_elbo_metrics:
-            without_terms = copy.copy(loss_output)
-            object.__setattr__(without_terms, "extra_metrics", {})  # LossOutput is a frozen dataclass
-            super().compute_and_log_metrics(without_terms, metrics, mode)
-        if not loss_output.extra_metrics:
-            return
+            values = torch.cat([values, values.new_ones(1)])
         terms = getattr(self, "_epoch_terms", None)
         if terms is None:
             terms = self._epoch_terms = {}
-        names = list(loss_output.extra_metrics)
-        values = torch.stack([torch.as_tensor(loss_output.extra_metrics[k]).detach().reshape(()) for k in names])
-        n = float(loss_output.n_obs_minibatch)
-        values = values.to(torch.float64) * n
         if mode in terms:
             previous, total, count = terms[mode]
             if previous != names:
@@ -56,17 +87,41 @@ class EpochTermsMixin:
         terms[mode] = (names, values, n)
 
     def log_epoch_terms(self, mode: str) -> None:
-        """Log the epoch's cell-weighted mean of every term of ``mode`` (summed over processes) and reset it."""
+        """Log the epoch's means of ``mode`` (sums added over processes first) and reset them."""
         names, total, count = (getattr(self, "_epoch_terms", None) or {}).pop(mode, (None, None, None))
         if names is None:
             return
         total = torch.cat([total, total.new_tensor([count])])  # a normal tensor: synchronised in place
         if self.use_sync_dist:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
-        means = (total[:-1] / total[-1]).float().cpu()
-        for name, value in zip(names, means, strict=True):
+        total = total.cpu()
+        cells = total[-1]
+        keys = [f"{mode}_loss" if name == _LOSS else f"{name}_{mode}" for name in names]
+        logged = dict(zip(keys, total[: len(names)] / cells, strict=True))
+        if self.log_elbo_metrics:
+            reconstruction, kl_local, kl_global, n_batches = total[len(names) : len(names) + 4]
+            n_total = self.n_obs_training if mode == "train" else self.n_obs_validation
+            n_total = 1 if n_total is None or n_total < 1 else n_total
+            logged = {
+                f"elbo_{mode}": (reconstruction + kl_local) / cells + kl_global / n_batches / n_total,
+                f"reconstruction_loss_{mode}": reconstruction / cells,
+                f"kl_local_{mode}": kl_local / cells,
+                f"kl_global_{mode}": kl_global / n_batches,
+                **logged,
+            }
+        if mode == "train" and "kl_weight" in self.loss_kwargs:
+            logged["kl_weight"] = torch.as_tensor(float(self.kl_weight))
+        for name, value in logged.items():
             # every process holds the same value now; sync_dist only tells Lightning so
-            self.log(f"{name}_{mode}", value, on_step=False, on_epoch=True, batch_size=1, sync_dist=self.use_sync_dist)
+            self.log(
+                name,
+                value.float(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=1,
+                sync_dist=self.use_sync_dist,
+                prog_bar=name == "train_loss",
+            )
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's loss terms of the training cells."""

@@ -23,9 +23,10 @@ class GPOVAETrainingPlan(EpochTermsMixin, TrainingPlan):
 
     Two things make a step cheaper without changing what is computed: Adam runs as PyTorch's fused
     kernel where the parameters' device has one (CPU with PyTorch ≥ 2.4, CUDA), the same update in
-    one pass over each parameter instead of about ten; and the loss terms are summed over the
-    epoch in one tensor and logged once at its end (:class:`~pertgrn.models._base._logging.EpochTermsMixin`),
-    instead of one Lightning ``log`` call per term and step.
+    one pass over each parameter instead of about ten; and the loss, its terms and the ELBO
+    metrics are summed over the epoch in one tensor and logged once at its end
+    (:class:`~pertgrn.models._base._logging.EpochTermsMixin`), instead of one Lightning ``log``
+    call per value and step.
 
     Parameters
     ----------

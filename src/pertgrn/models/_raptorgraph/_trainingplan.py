@@ -43,8 +43,8 @@ class RaptorGraphTrainingPlan(EpochTermsMixin, TrainingPlan):
         Further keyword arguments of :class:`scvi.train.TrainingPlan`.
     """
 
-    #: the module's terms are logged once per epoch (``<term>_train`` …); scvi-tools' per-step ELBO
-    #: metrics are not: Lightning's cost per logged value and step is large next to a CPU step here
+    #: the module's terms are logged once per epoch (``<term>_train`` …), which already report the
+    #: loss's parts; scvi-tools' ELBO metrics would repeat them
     log_elbo_metrics = False
 
     def __init__(
