@@ -140,16 +140,18 @@ def test_loss_terms_are_logged_once_per_epoch_as_weighted_means(model, monkeypat
 
 @pytest.mark.parametrize("mode", ["train", "validation"])
 def test_elbo_metrics_per_epoch_equal_scvi_tools_elbo_metric(model, monkeypatch, mode):
-    # the ELBO metrics come from sums kept with the extra terms (no Lightning call per step); their
-    # epoch values are those of scvi-tools' ElboMetric objects fed the same minibatches
+    # the plan's own ElboMetric objects are updated every minibatch (no Lightning call per step) and
+    # logged once at the end of the epoch, with the values scvi-tools' per-step path gives
     from scvi.module.base import LossOutput
     from scvi.train import TrainingPlan
 
     plan = GPOVAETrainingPlan(model.module)
     monkeypatch.setattr(GPOVAETrainingPlan, "use_sync_dist", False)
     plan.n_obs_training, plan.n_obs_validation = 40, 25
-    n_total = 40 if mode == "train" else 25
-    metrics = TrainingPlan._create_elbo_metric_components(mode, n_total=n_total)[-1]
+    plan.initialize_train_metrics()
+    plan.initialize_val_metrics()
+    own = plan.train_metrics if mode == "train" else plan.val_metrics
+    reference = TrainingPlan._create_elbo_metric_components(mode, n_total=40 if mode == "train" else 25)[-1]
     logged = {}
     monkeypatch.setattr(plan, "log", lambda name, value, **k: logged.__setitem__(name, value))
     generator = torch.Generator().manual_seed(0)
@@ -161,15 +163,25 @@ def test_elbo_metrics_per_epoch_equal_scvi_tools_elbo_metric(model, monkeypatch,
             kl_global=torch.rand((), generator=generator) * 5,
             extra_metrics={"gpo_fit": torch.tensor(float(n))},
         )
-        plan.compute_and_log_metrics(output, {}, mode)
-        TrainingPlan.compute_and_log_metrics(
-            plan, LossOutput(**{**output.__dict__, "extra_metrics": {}}), metrics, mode
-        )
-    logged.clear()  # scvi-tools' path logged its metric objects; ours logs nothing per step
+        plan.compute_and_log_metrics(output, own, mode)
+    assert logged == {}  # nothing per step
+    with monkeypatch.context() as m:  # scvi-tools' own per-step path on fresh metrics, same minibatches
+        m.setattr(plan, "log", lambda *a, **k: None)
+        generator = torch.Generator().manual_seed(0)
+        for n in (10, 30, 7):
+            output = LossOutput(
+                loss=torch.tensor(0.0),
+                reconstruction_loss=torch.rand(n, generator=generator) * 100,
+                kl_local=torch.rand(n, generator=generator),
+                kl_global=torch.rand((), generator=generator) * 5,
+            )
+            TrainingPlan.compute_and_log_metrics(plan, output, reference, mode)
     plan.log_epoch_terms(mode)
-    assert set(logged) == {*metrics, f"gpo_fit_{mode}", f"{mode}_loss"} | ({"kl_weight"} if mode == "train" else set())
-    for name, metric in metrics.items():
-        assert float(logged[name]) == pytest.approx(float(metric.compute()), rel=1e-6), name
+    expected = {*reference, f"gpo_fit_{mode}", f"{mode}_loss"} | ({"kl_weight"} if mode == "train" else set())
+    assert set(logged) == expected
+    for name, metric in reference.items():
+        assert logged[name] is own[name]
+        assert float(logged[name].compute()) == pytest.approx(float(metric.compute()), rel=1e-6), name
     assert float(logged[f"gpo_fit_{mode}"]) == pytest.approx((10 * 10 + 30 * 30 + 7 * 7) / 47)
 
 

@@ -24,10 +24,10 @@ class EpochTermsMixin:
       minibatches' cells, as Lightning's per-epoch logging computes it;
     - ``train_loss`` / ``validation_loss``: the loss, weighted by the minibatches' cells (as
       Lightning weights it by the batch size it finds);
-    - with :attr:`log_elbo_metrics`, scvi-tools' ``reconstruction_loss_*`` and ``kl_local_*`` (sums
-      over the epoch's cells divided by their number), ``kl_global_*`` (mean over minibatches) and
-      ``elbo_*`` (the first two plus ``kl_global`` divided by the mode's number of cells), the
-      values of its ``ElboMetric`` objects;
+    - with :attr:`log_elbo_metrics`, scvi-tools' ELBO metrics (``elbo_*``,
+      ``reconstruction_loss_*``, ``kl_local_*``, ``kl_global_*``): its own ``ElboMetric`` objects,
+      updated every minibatch as scvi-tools updates them and logged once, at the end of the epoch
+      (torchmetrics synchronises them over processes);
     - ``kl_weight`` (when the loss takes one) at the end of each training epoch, not every step.
 
     With ``on_step=True`` in the plan, scvi-tools' per-step logging is used unchanged.
@@ -61,18 +61,20 @@ class EpochTermsMixin:
         """Add this minibatch's terms to the epoch's sums (logged at the end of the epoch)."""
         if not self._per_epoch():
             return super().compute_and_log_metrics(loss_output, metrics, mode)
+        if self.log_elbo_metrics:  # as scvi-tools updates them; logged in log_epoch_terms
+            metrics[f"elbo_{mode}"].update(
+                reconstruction_loss=loss_output.reconstruction_loss_sum,
+                kl_local=loss_output.kl_local_sum,
+                kl_global=loss_output.kl_global_sum,
+                n_obs_minibatch=loss_output.n_obs_minibatch,
+            )
         names = [_LOSS, *loss_output.extra_metrics]
         n = float(loss_output.n_obs_minibatch)
         device = torch.as_tensor(loss_output.loss).device  # the sums stay there: no copy per step
         values = {_LOSS: loss_output.loss, **loss_output.extra_metrics}
         parts = [torch.as_tensor(values[k], device=device).reshape(()) for k in names]
-        if self.log_elbo_metrics:  # sums as scvi-tools' ElboMetric keeps them, and one minibatch
-            elbo = [loss_output.reconstruction_loss_sum, loss_output.kl_local_sum, loss_output.kl_global_sum]
-            parts += [torch.as_tensor(x, device=device).reshape(()) for x in elbo]
-        values = torch.stack(parts).detach().to(torch.float64)
-        values[: len(names)] *= n  # extra terms are per-cell means: weight them by the minibatch's cells
-        if self.log_elbo_metrics:
-            values = torch.cat([values, values.new_ones(1)])
+        # the loss and the terms are per-cell means: weight them by the minibatch's cells
+        values = torch.stack(parts).detach().to(torch.float64) * n
         terms = getattr(self, "_epoch_terms", None)
         if terms is None:
             terms = self._epoch_terms = {}
@@ -94,28 +96,19 @@ class EpochTermsMixin:
         total = torch.cat([total, total.new_tensor([count])])  # a normal tensor: synchronised in place
         if self.use_sync_dist:
             total = self.trainer.strategy.reduce(total, reduce_op="sum")
-        total = total.cpu()
-        cells = total[-1]
+        means = (total[:-1] / total[-1]).float().cpu()
         keys = [f"{mode}_loss" if name == _LOSS else f"{name}_{mode}" for name in names]
-        logged = dict(zip(keys, total[: len(names)] / cells, strict=True))
+        logged = dict(zip(keys, means, strict=True))
         if self.log_elbo_metrics:
-            reconstruction, kl_local, kl_global, n_batches = total[len(names) : len(names) + 4]
-            n_total = self.n_obs_training if mode == "train" else self.n_obs_validation
-            n_total = 1 if n_total is None or n_total < 1 else n_total
-            logged = {
-                f"elbo_{mode}": (reconstruction + kl_local) / cells + kl_global / n_batches / n_total,
-                f"reconstruction_loss_{mode}": reconstruction / cells,
-                f"kl_local_{mode}": kl_local / cells,
-                f"kl_global_{mode}": kl_global / n_batches,
-                **logged,
-            }
+            metrics = self.train_metrics if mode == "train" else self.val_metrics
+            self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
         if mode == "train" and "kl_weight" in self.loss_kwargs:
             logged["kl_weight"] = torch.as_tensor(float(self.kl_weight))
         for name, value in logged.items():
             # every process holds the same value now; sync_dist only tells Lightning so
             self.log(
                 name,
-                value.float(),
+                value,
                 on_step=False,
                 on_epoch=True,
                 batch_size=1,

@@ -23,8 +23,8 @@ class GPOVAETrainingPlan(EpochTermsMixin, TrainingPlan):
 
     Two things make a step cheaper without changing what is computed: Adam runs as PyTorch's fused
     kernel where the parameters' device has one (CPU with PyTorch ≥ 2.4, CUDA), the same update in
-    one pass over each parameter instead of about ten; and the loss, its terms and the ELBO
-    metrics are summed over the epoch in one tensor and logged once at its end
+    one pass over each parameter instead of about ten; and the loss and its terms are summed over
+    the epoch in one tensor and logged once at its end, with scvi-tools' ELBO metrics
     (:class:`~pertgrn.models._base._logging.EpochTermsMixin`), instead of one Lightning ``log``
     call per value and step.
 
