@@ -22,7 +22,7 @@ from pertgrn.models._base import (
     PairedAnnDataLoader,
     PairedDataSplitter,
 )
-from pertgrn.models._gcrlvae._alignment import tmex_torch
+from pertgrn.models._gcrlvae._alignment import residualise, tmex_torch
 from pertgrn.models._gcrlvae._module import ACTIVITY_KEY, PARTNER_ACTIVITY_KEY, GCRLVAEModule
 from pertgrn.models._gcrlvae._permutation import LatentPermutation, hungarian, sinkhorn
 from pertgrn.models._gcrlvae._schedules import alpha_schedule, beta_schedule, temperature_schedule
@@ -183,6 +183,28 @@ def test_sinkhorn_is_doubly_stochastic():
     np.testing.assert_allclose(soft.sum(1).numpy(), 1.0, atol=1e-4)
 
 
+def _autograd_sinkhorn(log_alpha, n_iterations):
+    """The relaxation as plain torch operations (autograd through every iteration)."""
+    for _ in range(n_iterations):
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=1, keepdim=True)
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=0, keepdim=True)
+    return log_alpha.exp()
+
+
+@pytest.mark.parametrize(("d", "n_iterations", "scale"), [(5, 20, 10.0), (3, 1, 1.0), (8, 50, 30.0)])
+def test_sinkhorn_values_and_gradients_equal_autograd_through_the_iterations(d, n_iterations, scale):
+    generator = torch.Generator().manual_seed(d)
+    log_alpha = (scale * torch.randn(d, d, generator=generator, dtype=torch.float64)).requires_grad_()
+    weights = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    ours = sinkhorn(log_alpha, n_iterations)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), log_alpha)
+    reference = _autograd_sinkhorn(log_alpha, n_iterations)
+    (grad_ref,) = torch.autograd.grad((reference * weights).sum(), log_alpha)
+    torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-8, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda x: sinkhorn(x, n_iterations), (log_alpha / scale,))
+
+
 def test_learned_permutation_receives_gradient_and_identity_never_changes():
     learned = _module(alignment_weight=1.0)
     learned.alpha.fill_(1.0)
@@ -289,6 +311,20 @@ def test_centroid_loss_is_mean_squared_centroid_difference():
         [np.mean((y_hat[i].mean(0).numpy() - y[i].mean(0).numpy()) ** 2) for i in (slice(0, 3), slice(3, 6))]
     )
     assert float(GCRLVAEModule.centroid_loss(y_hat, y, condition)) == pytest.approx(expected)
+
+
+def test_residualise_on_one_design_with_several_right_hand_sides_equals_one_at_a_time():
+    rng = np.random.default_rng(3)
+    tfa = torch.as_tensor(rng.normal(size=(40, 5)))
+    z = torch.as_tensor(rng.normal(size=(40, 5)))
+    both = residualise(torch.stack([z, tfa], dim=2), tfa)
+    torch.testing.assert_close(both[..., 0], residualise(z, tfa), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(both[..., 1], residualise(tfa, tfa), rtol=1e-12, atol=1e-12)
+    # a residual is orthogonal to its design (up to the tiny ridge): the intercept and every other activity
+    for i in range(5):
+        others = [j for j in range(5) if j != i]
+        design = torch.cat([torch.ones(40, 1, dtype=tfa.dtype), tfa[:, others]], dim=1)
+        assert float((design.T @ both[i, :, 0]).abs().max()) < 1e-5
 
 
 def test_torch_tmex_matches_the_metric():

@@ -128,6 +128,22 @@ def test_grouped_aggregation_is_per_latent_and_interleaved():
     torch.testing.assert_close(scale, var_ref.sqrt())
 
 
+def test_aggregation_is_the_grouped_convolution_with_its_gradients():
+    """The batched-product aggregation gives the Conv1d's outputs and the same parameter gradients."""
+    enc = _encoder(seed=2)
+    h = enc.subgraph_activations(torch.randn(7, N_INPUT, dtype=torch.float64)).detach()
+    ours = enc.aggregated(h)
+    conv = enc.aggregate(h).squeeze(-1).reshape(7, N_LATENT, 2)  # channel 2i + o -> [i, o]
+    torch.testing.assert_close(ours, conv, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(7, N_LATENT, 2, dtype=torch.float64)
+    grads = []
+    for out in (ours, conv):
+        enc.zero_grad()
+        (out * weights).sum().backward(retain_graph=True)
+        grads.append((enc.aggregate.weight.grad.clone(), enc.aggregate.bias.grad.clone()))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
 def test_interaction_block_depth_and_shapes():
     for depth in (0, 2):
         enc = _encoder(n_interaction_layers=depth)

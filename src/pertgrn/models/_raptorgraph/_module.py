@@ -176,6 +176,8 @@ class RaptorGraphModule(BaseModuleClass):
 
         A minibatch of one condition (the paired loader's condition batches) gives the MK-MMD of that condition.
         """
+        if bool((design == design[:1]).all()):  # one condition: the usual minibatch, no grouping needed
+            return mk_mmd_loss(predicted, observed, fix_sigma=self.mmd_fix_sigma, kernel_num=self.mmd_kernel_num)
         _, group = torch.unique(design, dim=0, return_inverse=True)
         total = predicted.new_zeros(())
         for g in torch.unique(group):
