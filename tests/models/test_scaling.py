@@ -228,6 +228,51 @@ def test_fused_adam_where_available(model):
     assert [group["lr"] for group in optimizer.param_groups] == [plan.lr, 0.05]
 
 
+@pytest.mark.parametrize("plan_name", ["raptorgraph", "gcrlvae"])
+def test_condition_batched_plans_use_fused_adam_where_available(plan_name, condition_batched):
+    if plan_name == "raptorgraph":
+        from pertgrn.models._raptorgraph._trainingplan import RaptorGraphTrainingPlan
+
+        plan = RaptorGraphTrainingPlan(condition_batched.module, lr=1e-3)
+        expected_cls, decay = torch.optim.AdamW, [0.01, 0.0]  # no decay on A and the shifts
+    else:
+        from pertgrn.models._gcrlvae._module import GCRLVAEModule
+        from pertgrn.models._gcrlvae._trainingplan import GCRLVAETrainingPlan
+
+        plan = GCRLVAETrainingPlan(GCRLVAEModule(n_genes=10, n_targets=3, n_latent=3, routing="soft"))
+        expected_cls, decay = torch.optim.Adam, [0.0]
+    optimizer = plan.configure_optimizers()["optimizer"]
+    assert type(optimizer) is expected_cls
+    assert bool(optimizer.defaults.get("fused")) == _has_cpu_fused()
+    assert [group["weight_decay"] for group in optimizer.param_groups] == decay
+
+
+def test_fused_where_possible_is_the_same_update_and_falls_back():
+    from pertgrn.models._base._optim import fused_where_possible
+
+    # a device without a fused kernel gets the default implementation
+    meta = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert not fused_where_possible(torch.optim.AdamW, meta, lr=1e-3).defaults.get("fused")
+    if not _has_cpu_fused():
+        pytest.skip("this PyTorch has no fused CPU Adam")
+    trajectories = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(6, 4)
+        groups = [{"params": [layer.weight], "weight_decay": 0.01}, {"params": [layer.bias], "weight_decay": 0.0}]
+        optimizer = (
+            fused_where_possible(torch.optim.AdamW, groups, lr=1e-2) if fused else torch.optim.AdamW(groups, lr=1e-2)
+        )
+        assert bool(optimizer.defaults.get("fused")) == fused
+        x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+        for _ in range(5):
+            optimizer.zero_grad()
+            layer(x).square().mean().backward()
+            optimizer.step()
+        trajectories.append(torch.cat([layer.weight.detach().ravel(), layer.bias.detach()]))
+    torch.testing.assert_close(trajectories[0], trajectories[1], rtol=1e-5, atol=1e-6)
+
+
 def _has_cpu_fused() -> bool:
     try:
         torch.optim.Adam([torch.zeros(1, requires_grad=True)], fused=True)

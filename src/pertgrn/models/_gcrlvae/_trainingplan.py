@@ -6,18 +6,19 @@ import numpy as np
 from scvi.train import TrainingPlan
 
 from pertgrn.models._base._logging import EpochTermsMixin
+from pertgrn.models._base._optim import FusedOptimizerMixin
 from pertgrn.models._gcrlvae._module import GCRLVAEModule
 from pertgrn.models._gcrlvae._schedules import alpha_schedule, beta_schedule, temperature_schedule
 
 
-class GCRLVAETrainingPlan(EpochTermsMixin, TrainingPlan):
+class GCRLVAETrainingPlan(FusedOptimizerMixin, EpochTermsMixin, TrainingPlan):
     """:class:`scvi.train.TrainingPlan` that sets the epoch's loss weights before each epoch.
 
     At epoch ``n`` of ``T`` (``trainer.max_epochs``) the module's centroid weight, KL weight and
     softmax temperature are ``α_n``, ``β_n`` and ``temp_n`` of
     :mod:`pertgrn.models._gcrlvae._schedules`. The optimiser is Adam with PyTorch's defaults
-    (``eps = 1e-8``, no weight decay) at ``lr = 1e-3``, as in the reference; scvi-tools' KL warm-up
-    is off (``β`` has its own ramp).
+    (``eps = 1e-8``, no weight decay) at ``lr = 1e-3``, as in the reference, run as PyTorch's fused
+    kernel where the device has one; scvi-tools' KL warm-up is off (``β`` has its own ramp).
 
     Parameters
     ----------

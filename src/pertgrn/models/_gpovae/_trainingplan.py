@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import torch
 from scvi.train import TrainingPlan
 
 from pertgrn.models._base._logging import EpochTermsMixin
+from pertgrn.models._base._optim import FusedOptimizerMixin
 from pertgrn.models._gpovae._module import GPOVAEModule
 
 #: parameters of the GRN part of the module, optimised at ``grn_lr``
 GRN_PARAMETERS = ("grn_logits", "grn_effects")
 
 
-class GPOVAETrainingPlan(EpochTermsMixin, TrainingPlan):
+class GPOVAETrainingPlan(FusedOptimizerMixin, EpochTermsMixin, TrainingPlan):
     """:class:`scvi.train.TrainingPlan` that draws ``n_particles`` samples of the global latents per step.
 
     Defaults follow the reference implementation (dmis-lab/GPO-VAE,
@@ -64,22 +64,6 @@ class GPOVAETrainingPlan(EpochTermsMixin, TrainingPlan):
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
         self.n_particles = int(n_particles)
         self.grn_lr = grn_lr
-
-    def _optimizer_creator_fn(self, optimizer_cls):
-        """scvi-tools' optimizer (``lr``, ``eps``, ``weight_decay``), fused where the parameters' device allows it."""
-
-        def create(params):
-            params = list(params)
-            settings = {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay}
-            devices = {p.device.type for p in params}
-            if devices <= {"cpu", "cuda"} and all(p.dtype in (torch.float32, torch.float64) for p in params):
-                try:
-                    return optimizer_cls(params, fused=True, **settings)
-                except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device in this PyTorch
-                    pass
-            return optimizer_cls(params, **settings)
-
-        return create
 
     def configure_optimizers(self):
         """scvi-tools' optimizer, with the GRN parameters in a group of their own at ``grn_lr`` when it is set.

@@ -8,6 +8,7 @@ import torch
 from scvi.train import TrainingPlan
 
 from pertgrn.models._base._logging import EpochTermsMixin
+from pertgrn.models._base._optim import fused_where_possible
 from pertgrn.models._raptorgraph._module import RaptorGraphModule
 from pertgrn.nn import dagma_mu_schedule
 
@@ -19,7 +20,8 @@ class RaptorGraphTrainingPlan(EpochTermsMixin, TrainingPlan):
 
     - AdamW (paper Table S5; ``lr`` defaults to the paper's 1e-4 here, the model passes 1e-3),
       PyTorch's ``eps``, and weight decay 0.01 on every parameter except the DAG ``A`` (which has
-      its own L1 penalty) and the learned shifts.
+      its own L1 penalty) and the learned shifts; PyTorch's fused kernel where the device has one
+      (:func:`~pertgrn.models._base._optim.fused_where_possible`).
     - The DAGMA score weight ``μ_t`` follows :func:`~pertgrn.nn.dagma_mu_schedule` over the
       epochs of the run (staged: ``μ_0 · 0.1^⌊4e/E⌋``), passed to the module's loss.
     - After every optimiser step the domain guard keeps ``sI − A∘A`` an M-matrix
@@ -99,7 +101,7 @@ class RaptorGraphTrainingPlan(EpochTermsMixin, TrainingPlan):
             {"params": [p for p in params if id(p) not in exempt], "weight_decay": self.weight_decay},
             {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
         ]
-        return {"optimizer": torch.optim.AdamW(groups, lr=self.lr, eps=self.eps)}
+        return {"optimizer": fused_where_possible(torch.optim.AdamW, groups, lr=self.lr, eps=self.eps)}
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Keep ``A`` inside DAGMA's domain after the optimiser step."""
