@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 _FUSED_DEVICES = {"cpu", "cuda"}
-_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 def fused_where_possible(optimizer_cls: type[torch.optim.Optimizer], params: Iterable, **settings: Any):
