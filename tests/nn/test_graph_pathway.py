@@ -132,7 +132,7 @@ def test_aggregation_is_the_grouped_convolution_with_its_gradients():
     """The batched-product aggregation gives the Conv1d's outputs and the same parameter gradients."""
     enc = _encoder(seed=2)
     h = enc.subgraph_activations(torch.randn(7, N_INPUT, dtype=torch.float64)).detach()
-    ours = enc.aggregated(h)
+    ours = enc._aggregated(h)
     conv = enc.aggregate(h).squeeze(-1).reshape(7, N_LATENT, 2)  # channel 2i + o -> [i, o]
     torch.testing.assert_close(ours, conv, rtol=1e-12, atol=1e-12)
     weights = torch.randn(7, N_LATENT, 2, dtype=torch.float64)

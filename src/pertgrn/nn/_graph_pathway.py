@@ -249,7 +249,7 @@ class GraphPathwayEncoder(nn.Module):
             s = self.activation(torch.einsum("bdm,dmh->bdh", s, weight) + bias)
         return s
 
-    def aggregated(self, s: torch.Tensor) -> torch.Tensor:
+    def _aggregated(self, s: torch.Tensor) -> torch.Tensor:
         """``self.aggregate(s).squeeze(-1)`` for ``s`` of shape ``(B, d, m)``, as a batched product over latents.
 
         Returns shape ``(B, d, 2)``: ``[..., i, 0]`` is output channel ``2i`` of the grouped
@@ -262,7 +262,7 @@ class GraphPathwayEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loc, scale)`` of the latent Gaussian, each of shape ``(..., n_latent)``."""
         lead = x.shape[:-1]
-        o = self.aggregated(self.subgraph_activations(x))  # (B, d, 2): (μ_i, pre-softplus σ²_i)
+        o = self._aggregated(self.subgraph_activations(x))  # (B, d, 2): (μ_i, pre-softplus σ²_i)
         loc = o[..., 0]
         scale = torch.sqrt(F.softplus(o[..., 1]) + self.var_eps)
         return loc.reshape(*lead, self.n_latent), scale.reshape(*lead, self.n_latent)
