@@ -452,6 +452,79 @@ def test_bad_solver_or_test_key_leaves_adata_untouched(make, kwargs, error, matc
     _assert_untouched(adata, snap)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "emd", "device": "cuda"}, ValueError, "method='sinkhorn' only"),
+        ({"method": "random", "device": "cuda:0"}, ValueError, "method='sinkhorn' only"),
+        ({"method": "sinkhorn", "device": "tpu"}, ValueError, "CUDA device"),
+        ({"method": "sinkhorn", "device": "mps"}, ValueError, "CUDA device"),
+        ({"method": "sinkhorn", "device": 0}, TypeError, "device"),
+    ],
+)
+def test_bad_device_leaves_adata_untouched(kwargs, error, match):
+    adata = _screen({"control": 10, "A": 4})
+    snap = _snapshot(adata)
+    with pytest.raises(error, match=match):
+        pg.pp.ot_pairing(adata, use_rep="X_rep", **kwargs)
+    _assert_untouched(adata, snap)
+
+
+def test_gpu_device_without_a_gpu_raises_before_writing():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    adata = _screen({"control": 10, "A": 4})
+    snap = _snapshot(adata)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        pg.pp.ot_pairing(adata, method="sinkhorn", use_rep="X_rep", device="cuda")
+    _assert_untouched(adata, snap)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 10, 1001])
+def test_median_of_a_tensor_is_numpys(size):
+    torch = pytest.importorskip("torch")
+    from pertgrn.pp._ot_pairing import _median
+
+    values = np.random.default_rng(size).normal(size=size).reshape(-1, 1 if size % 2 else 2)
+    assert _median(torch.from_numpy(values)) == _median(values) == np.median(values)
+
+
+@pytest.mark.parametrize(("n", "m", "max_partners"), [(7, 40, 5), (25, 60, None), (12, 12, 50)])
+def test_sinkhorn_on_torch_tensors_is_the_numpy_plan(n, m, max_partners):
+    """The GPU path (POT's torch backend, top-k on the tensor) on a CPU tensor gives the NumPy path's plan."""
+    torch = pytest.importorskip("torch")
+    from pertgrn.pp import _ot_pairing
+
+    rng = np.random.default_rng(n)
+    Zp, Zc = rng.normal(size=(n, 4)) + 0.5, rng.normal(size=(m, 4))
+    C = _ot_pairing._cost_matrix(Zp, Zc, np.einsum("ij,ij->i", Zc, Zc))
+    M = _ot_pairing._device_costs(Zp, Zc, "cpu")
+    assert isinstance(M, torch.Tensor) and M.dtype == torch.float64
+    np.testing.assert_allclose(M.numpy(), C.T, rtol=1e-10, atol=1e-12)
+    kwargs = {"name": "A", "reg": 0.05, "max_partners": max_partners, "max_iter": None}
+    plans = [_ot_pairing._sinkhorn_plan(cost, **kwargs) for cost in (np.ascontiguousarray(C.T), M)]
+    (rows, cols, vals, costs), (t_rows, t_cols, t_vals, t_costs) = ([np.asarray(x) for x in plan] for plan in plans)
+    order, t_order = np.lexsort((cols, rows)), np.lexsort((t_cols, t_rows))
+    np.testing.assert_array_equal(rows[order], t_rows[t_order])
+    np.testing.assert_array_equal(cols[order], t_cols[t_order])
+    np.testing.assert_allclose(vals[order], t_vals[t_order], rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(costs[order], C[cols, rows][order], rtol=1e-12)
+    np.testing.assert_allclose(t_costs[t_order], costs[order], rtol=1e-9, atol=1e-12)
+    assert np.bincount(rows, minlength=n).max() == min(max_partners or 50, m)
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
+def test_sinkhorn_on_the_gpu_gives_the_cpu_plan():
+    adata = _screen({"control": 300, "A": 40, "B": 25, "A+B": 30}, dims=8, seed=3)
+    pg.pp.ot_pairing(adata, method="sinkhorn", use_rep="X_rep", key_added="cpu")
+    pg.pp.ot_pairing(adata, method="sinkhorn", use_rep="X_rep", key_added="gpu", device="cuda")
+    cpu, gpu = adata.obsp["cpu"], adata.obsp["gpu"]
+    assert (cpu != 0).nnz == (gpu != 0).nnz and abs(cpu - gpu).max() < 1e-8
+    np.testing.assert_allclose(adata.uns["gpu"]["costs"]["cost"], adata.uns["cpu"]["costs"]["cost"], rtol=1e-9)
+    assert adata.uns["gpu"]["params"]["device"] == "cuda"
+
+
 def test_progress_bar_follows_settings(capsys):
     adata = _screen({"control": 30, "A": 8, "B": 11})
     before = pg.settings.progress_bar

@@ -96,6 +96,34 @@ def _validate_params(
     _check_int(max_iter, "max_iter", minimum=1, allow_none=True)
 
 
+def _check_device(device: Any, method: str) -> None:
+    """``device`` is ``"cpu"``, or a CUDA device that PyTorch sees, and only with ``method="sinkhorn"``."""
+    if not isinstance(device, str):
+        raise TypeError(f"`device` must be a string such as 'cpu' or 'cuda', got {type(device).__name__}.")
+    if device == "cpu":
+        return
+    if method != "sinkhorn":
+        raise ValueError(
+            f"`device`={device!r} applies to method='sinkhorn' only; method={method!r} runs on the CPU. "
+            "Pass device='cpu', or method='sinkhorn' for the entropic plan on a GPU."
+        )
+    import torch
+
+    expected = f"`device` must be 'cpu' or a CUDA device such as 'cuda' or 'cuda:0', got {device!r}."
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(expected) from err
+    if parsed.type != "cuda":
+        raise ValueError(expected)
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"`device`={device!r}, but PyTorch finds no CUDA GPU on this machine. Pass device='cpu'.")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"`device`={device!r}, but PyTorch sees {torch.cuda.device_count()} CUDA device(s) (0-based indices)."
+        )
+
+
 def _held_out(adata: AnnData, test_key: str | None) -> np.ndarray:
     """Boolean mask of the held-out cells (``obs[test_key] == True``); none when ``test_key`` is None."""
     if test_key is None:
@@ -295,6 +323,87 @@ def _exact_plan(
     return cell, ctrl, mass, stats
 
 
+def _median(M: Any) -> float:
+    """NumPy's median (the mean of the two middle values for an even count) of an array or torch tensor."""
+    if isinstance(M, np.ndarray):
+        return float(np.median(M))
+    flat, size = M.reshape(-1), M.numel()
+    low = flat.kthvalue((size + 1) // 2).values
+    return float((low + flat.kthvalue(size // 2 + 1).values) / 2) if size % 2 == 0 else float(low)
+
+
+def _sinkhorn_inputs(M: Any) -> tuple[Any, Any, Any]:
+    """Median-scaled, row- then column-shifted costs and the uniform marginals, as NumPy arrays or torch tensors."""
+    n, m = M.shape
+    scale = _median(M)
+    scale = scale if scale > 0 else float(M.mean()) or 1.0
+    # subtracting row then column minima changes no plan with fixed marginals, and leaves a zero
+    # in every row and column, so the Gibbs kernel never starts with an all-underflowed line
+    if isinstance(M, np.ndarray):
+        shifted = M - M.min(axis=1, keepdims=True)
+        shifted -= shifted.min(axis=0, keepdims=True)
+        return shifted / scale, np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    shifted = M - M.amin(dim=1, keepdim=True)
+    shifted -= shifted.amin(dim=0, keepdim=True)
+    return shifted / scale, M.new_full((n,), 1.0 / n), M.new_full((m,), 1.0 / m)
+
+
+def _sinkhorn_plan(
+    M: np.ndarray | Any, *, name: str, reg: float, max_partners: int | None, max_iter: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Entropic plan of one condition from its cells × controls costs ``M`` (a NumPy array or a torch tensor).
+
+    Returns each row's ``max_partners`` largest entries as ``(cell, control, mass, cost)`` NumPy
+    arrays; a torch tensor stays on its device until then (POT's torch backend runs the iterations).
+    """
+    import ot
+
+    n, m = M.shape
+    shifted, a, b = _sinkhorn_inputs(M)
+    num_iter = max_iter if max_iter is not None else 10_000
+    stop = _SINKHORN_RELATIVE_STOP / math.sqrt(m)
+    G, log = ot.sinkhorn(
+        a, b, shifted, reg, method="sinkhorn_stabilized", numItermax=num_iter, stopThr=stop, log=True, warn=False
+    )
+    if not bool(np.all(np.isfinite(G)) if isinstance(G, np.ndarray) else G.isfinite().all()):
+        raise RuntimeError(
+            f"Sinkhorn for condition {name!r} produced non-finite values with reg={reg}; use a larger `reg`."
+        )
+    err = float(log["err"][-1]) if len(log.get("err", ())) else 0.0
+    if err > stop:
+        logger.warning(
+            "ot_pairing: Sinkhorn for condition %r stopped after %d iterations with marginal error %.2e; "
+            "pass a larger `max_iter` or `reg`.",
+            name,
+            num_iter,
+            err,
+        )
+    k = min(max_partners if max_partners is not None else SINKHORN_MAX_PARTNERS, m)
+    if isinstance(G, np.ndarray):
+        cols = np.argpartition(-G, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
+        rows = np.repeat(np.arange(n), cols.shape[1])
+        cols = cols.ravel()
+        vals, pair_costs, row_max = G[rows, cols], M[rows, cols], G.max(axis=1)
+    else:  # only the kept entries leave the device
+        vals, cols = G.topk(k, dim=1)
+        vals, pair_costs = vals.ravel(), M.gather(1, cols).ravel()
+        row_max = G.amax(dim=1)
+        vals, cols, pair_costs, row_max = (t.cpu().numpy() for t in (vals, cols.ravel(), pair_costs, row_max))
+        rows = np.repeat(np.arange(n), k)
+    keep = vals > _RELATIVE_ZERO * row_max[rows]
+    return rows[keep], cols[keep], vals[keep], pair_costs[keep]
+
+
+def _device_costs(Zp: np.ndarray, Zc: np.ndarray, device: str):
+    """Cells × controls squared Euclidean costs as a float64 torch tensor on ``device``."""
+    import torch
+
+    cells = torch.as_tensor(Zp, dtype=torch.float64, device=device)
+    controls = torch.as_tensor(Zc, dtype=torch.float64, device=device)
+    M = (cells * cells).sum(1, keepdim=True) + (controls * controls).sum(1) - 2.0 * cells @ controls.T
+    return M.clamp_(min=0.0)
+
+
 def _solve_condition(
     Zp: np.ndarray,
     Zc: np.ndarray,
@@ -307,74 +416,38 @@ def _solve_condition(
     max_partners: int | None,
     max_iter: int | None,
     seed: np.random.SeedSequence,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict[str, Any]]:
     """Row-normalised plan (local row, local column, weight), its mean squared distance, solver statistics.
 
     A plain function of arrays, so that any joblib backend (threads, processes, Dask) can run it.
     """
     n, m = Zp.shape[0], Zc.shape[0]
-    C = _cost_matrix(Zp, Zc, control_sq)  # m x n: a control's costs are contiguous, as the sparse solver scans them
     stats: dict[str, Any] = {}
-    if method == "emd":
-        num_iter = max_iter if max_iter is not None else max(100_000, 100 * (n + m))
-        rows, cols, vals, stats = _exact_plan(C, Zp, Zc, name=name, solver=solver, num_iter=num_iter)
-        keep = vals > _RELATIVE_ZERO / n
-        rows, cols, vals = _top_k(rows[keep], cols[keep], vals[keep], max_partners)
-    elif method == "sinkhorn":
-        import ot
-
-        M = np.ascontiguousarray(C.T)
-        scale = float(np.median(M))
-        scale = scale if scale > 0 else float(M.mean()) or 1.0
-        # subtracting row then column minima changes no plan with fixed marginals, and leaves a zero
-        # in every row and column, so the Gibbs kernel never starts with an all-underflowed line
-        shifted = M - M.min(axis=1, keepdims=True)
-        shifted -= shifted.min(axis=0, keepdims=True)
-        shifted /= scale
-        a = np.full(n, 1.0 / n)
-        b = np.full(m, 1.0 / m)
-        num_iter = max_iter if max_iter is not None else 10_000
-        stop = _SINKHORN_RELATIVE_STOP / math.sqrt(m)
-        G, log = ot.sinkhorn(
-            a,
-            b,
-            shifted,
-            reg,
-            method="sinkhorn_stabilized",
-            numItermax=num_iter,
-            stopThr=stop,
-            log=True,
-            warn=False,
+    if method == "sinkhorn" and device != "cpu":
+        rows, cols, vals, pair_costs = _sinkhorn_plan(
+            _device_costs(Zp, Zc, device), name=name, reg=reg, max_partners=max_partners, max_iter=max_iter
         )
-        if not np.isfinite(G).all():
-            raise RuntimeError(
-                f"Sinkhorn for condition {name!r} produced non-finite values with reg={reg}; use a larger `reg`."
-            )
-        err = log["err"][-1] if log.get("err") else 0.0
-        if err > stop:
-            logger.warning(
-                "ot_pairing: Sinkhorn for condition %r stopped after %d iterations with marginal error %.2e; "
-                "pass a larger `max_iter` or `reg`.",
-                name,
-                num_iter,
-                err,
-            )
-        k = min(max_partners if max_partners is not None else SINKHORN_MAX_PARTNERS, m)
-        cols = np.argpartition(-G, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
-        rows = np.repeat(np.arange(n), cols.shape[1])
-        cols = cols.ravel()
-        vals = G[rows, cols]
-        row_max = G.max(axis=1)
-        keep = vals > _RELATIVE_ZERO * row_max[rows]
-        rows, cols, vals = rows[keep], cols[keep], vals[keep]
     else:
-        rows, cols, vals = _random_coupling(n, m, np.random.default_rng(seed))
-        rows, cols, vals = _top_k(rows, cols, vals, max_partners)
+        C = _cost_matrix(Zp, Zc, control_sq)  # m x n: a control's costs are contiguous, as the sparse solver scans
+        if method == "emd":
+            num_iter = max_iter if max_iter is not None else max(100_000, 100 * (n + m))
+            rows, cols, vals, stats = _exact_plan(C, Zp, Zc, name=name, solver=solver, num_iter=num_iter)
+            keep = vals > _RELATIVE_ZERO / n
+            rows, cols, vals = _top_k(rows[keep], cols[keep], vals[keep], max_partners)
+        elif method == "sinkhorn":
+            rows, cols, vals, _ = _sinkhorn_plan(
+                np.ascontiguousarray(C.T), name=name, reg=reg, max_partners=max_partners, max_iter=max_iter
+            )
+        else:
+            rows, cols, vals = _random_coupling(n, m, np.random.default_rng(seed))
+            rows, cols, vals = _top_k(rows, cols, vals, max_partners)
+        pair_costs = C[cols, rows]
     row_sum = np.bincount(rows, weights=vals, minlength=n)
     if (row_sum <= 0).any():
         raise RuntimeError(f"The transport plan of condition {name!r} left some cells without a partner.")
     weights = vals / row_sum[rows]
-    cost = float(np.sum(weights * C[cols, rows]) / n)
+    cost = float(np.sum(weights * pair_costs) / n)
     return rows, cols, weights, cost, stats
 
 
@@ -400,6 +473,7 @@ def ot_pairing(
     seed: int = 0,
     max_iter: int | None = None,
     solver: Literal["sparse", "dense"] = "sparse",
+    device: str = "cpu",
     test_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -486,6 +560,12 @@ def ot_pairing(
         memory; tiny conditions (under ~20,000 cell pairs) gain nothing. ``"dense"``:
         :func:`ot.emd` on the full ``m × n`` cost matrix. Optimal plans need not be unique (ties,
         duplicated cells); the two solvers then may return different plans of the same cost.
+    device
+        Where ``method="sinkhorn"`` runs. ``"cpu"`` (default): NumPy. A CUDA device of PyTorch
+        (``"cuda"``, ``"cuda:1"``): the cost matrices, the iterations (POT's torch backend, float64)
+        and the choice of each row's largest entries stay on the GPU, and only the kept entries
+        come back; the plan is the CPU's up to rounding. Conditions then run one after the other
+        unless ``n_jobs`` says otherwise. The exact solver and ``"random"`` run on the CPU only.
     test_key
         Boolean column of ``adata.obs`` marking held-out cells (``True``): they are neither paired
         nor used as partners (their rows and columns of the plan are empty), and the PCA and the
@@ -518,10 +598,12 @@ def ot_pairing(
     TypeError
         If ``obs[test_key]`` is not boolean, or a parameter has the wrong type.
     ValueError
-        On an unknown method or solver, invalid parameters, no (training) control or perturbed cells,
-        counts that are not raw integers, or a representation with the wrong shape or non-finite values.
+        On an unknown method, solver or device (or a GPU ``device`` with a method other than
+        ``"sinkhorn"``), invalid parameters, no (training) control or perturbed cells, counts that
+        are not raw integers, or a representation with the wrong shape or non-finite values.
     RuntimeError
-        If the exact solver stops before optimality. ``adata`` is left untouched on any error.
+        If the exact solver stops before optimality, or ``device`` names a GPU that PyTorch does not
+        find. ``adata`` is left untouched on any error.
 
     Examples
     --------
@@ -537,6 +619,7 @@ def ot_pairing(
     _validate_params(
         method, use_rep, n_comps, reg, max_partners, key_added, layer, n_jobs, seed, max_iter, solver, test_key
     )
+    _check_device(device, method)
     if not isinstance(copy, bool):
         raise TypeError(f"`copy` must be a bool, got {copy!r}.")
     if layer is not None:
@@ -561,6 +644,7 @@ def ot_pairing(
             max_partners=max_partners,
             max_iter=max_iter,
             seed=stream,
+            device=device,
         )
         for (name, idx), stream in zip(perturbed, streams, strict=True)
     )
@@ -613,6 +697,7 @@ def ot_pairing(
         "seed": int(seed),
         "max_iter": int(max_iter) if max_iter is not None else 0,
         "solver": solver,
+        "device": device,
         "test_key": test_key if test_key is not None else "",
     }
     uns_entry: Mapping[str, Any] = {
