@@ -71,7 +71,7 @@ def test_setup_and_training_change_parameters(case):
     model = model_cls(adata, **case.model_kwargs)
     before = copy.deepcopy(model.module.state_dict())
     model.train(max_epochs=2, **case.train_kwargs)
-    after = model.module.state_dict()
+    after = {key: value.cpu() for key, value in model.module.state_dict().items()}  # trained on a GPU, if any
     changed = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
     assert changed, "no parameter changed in training"
     history = model.history_summary()

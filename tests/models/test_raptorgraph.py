@@ -13,7 +13,7 @@ from scipy import sparse
 import pertgrn as pg
 from pertgrn.models import RaptorGraph
 from pertgrn.models._base import PairedDataSplitter
-from pertgrn.nn import dagma_acyclicity, squared_spectral_radius, threshold_dag
+from pertgrn.nn import dagma_acyclicity, order_perturbed_first, squared_spectral_radius, threshold_dag
 
 SMALL = {"decoder_n_hidden": 32, "n_subgraphs": 3}
 QUIET = {"enable_progress_bar": False}
@@ -226,6 +226,17 @@ def test_bad_model_parameters_raise(screen):
 # ---------------------------------------------------------------------------------------------
 # spec §8 on the trained model
 # ---------------------------------------------------------------------------------------------
+def test_encoder_input_is_order_perturbed_first_and_not_saved(trained):
+    """The module's one-gather reordering equals the checked public function; its index buffers are not saved."""
+    model, adata = trained
+    module = model.module
+    x_log = _x_log(model, adata)
+    expected = order_perturbed_first(x_log, target_columns=module.target_columns, other_columns=module.other_columns)
+    assert torch.equal(module.encoder_input(x_log), expected)
+    assert not [key for key in module.state_dict() if "_encoder_" in key]
+    assert {"target_columns", "other_columns"} <= set(module.state_dict())
+
+
 def test_zero_jacobian_from_each_target_gene_to_every_other_latent(trained):
     model, adata = trained
     module = model.module

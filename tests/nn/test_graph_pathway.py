@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd.functional import jacobian
@@ -161,6 +162,9 @@ def test_order_perturbed_first():
     assert torch.equal(out, expected)
     with pytest.raises(ValueError, match="Column indices"):
         order_perturbed_first(x, target_columns=[6], other_columns=[0])
+    for columns in (np.array, torch.tensor):  # arrays and tensors (of any device) as well as lists
+        again = order_perturbed_first(x, target_columns=columns([4, -1, 1]), other_columns=columns([0, 2, 3, 5]))
+        assert torch.equal(again, expected)
 
 
 def test_masked_linear_validates_mask():

@@ -93,6 +93,13 @@ def preconditioning_mask(
     return mask
 
 
+def _columns(columns: Sequence[int] | np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Column indices as a flat ``long`` tensor on ``device`` (from a sequence, an array or a tensor on any device)."""
+    if isinstance(columns, torch.Tensor):
+        return columns.to(device=device, dtype=torch.long).reshape(-1)
+    return torch.as_tensor(np.asarray(columns), dtype=torch.long, device=device).reshape(-1)
+
+
 def order_perturbed_first(
     x: torch.Tensor,
     *,
@@ -126,8 +133,7 @@ def order_perturbed_first(
     >>> order_perturbed_first(x, target_columns=[2, -1], other_columns=[0, 1])
     tensor([[12.,  0., 10., 11.]])
     """
-    tcol = torch.as_tensor(np.asarray(target_columns), dtype=torch.long, device=x.device).reshape(-1)
-    ocol = torch.as_tensor(np.asarray(other_columns), dtype=torch.long, device=x.device).reshape(-1)
+    tcol, ocol = (_columns(c, x.device) for c in (target_columns, other_columns))
     n_genes = x.shape[-1]
     if bool((tcol >= n_genes).any()) or bool((ocol < 0).any()) or bool((ocol >= n_genes).any()):
         raise ValueError(f"Column indices must lie in [0, {n_genes}) (targets may be -1 for unmeasured).")

@@ -103,6 +103,13 @@ class RaptorGraphModule(BaseModuleClass):
         self.mmd_fix_sigma, self.mmd_kernel_num = float(mmd_fix_sigma), int(mmd_kernel_num)
         self.register_buffer("target_columns", target_columns)
         self.register_buffer("other_columns", other_columns)
+        # encoder_input's gather, checked once here (order_perturbed_first raises on bad columns) rather
+        # than at every step, where the checks would wait on the GPU; not saved, rebuilt from the columns
+        order_perturbed_first(torch.zeros(1, self.n_genes), target_columns=target_columns, other_columns=other_columns)
+        measured = torch.cat([target_columns >= 0, torch.ones(other_columns.numel(), dtype=torch.bool)])
+        columns = torch.cat([target_columns.clamp(min=0), other_columns])
+        self.register_buffer("_encoder_columns", columns, persistent=False)
+        self.register_buffer("_encoder_measured", measured.to(torch.get_default_dtype()), persistent=False)
         self.register_buffer("target_sum", torch.tensor(float(target_sum)))
 
         self.encoder = GraphPathwayEncoder(
@@ -129,8 +136,11 @@ class RaptorGraphModule(BaseModuleClass):
         return torch.log1p(counts / library.clamp_min(1.0).unsqueeze(-1) * self.target_sum)
 
     def encoder_input(self, x_log: torch.Tensor) -> torch.Tensor:
-        """Reorder log-normalised expression for the encoder: targets first (zeros where unmeasured)."""
-        return order_perturbed_first(x_log, target_columns=self.target_columns, other_columns=self.other_columns)
+        """Reorder log-normalised expression for the encoder: targets first (zeros where unmeasured).
+
+        The same as :func:`~pertgrn.nn.order_perturbed_first` with the module's columns, as one gather.
+        """
+        return x_log[..., self._encoder_columns] * self._encoder_measured.to(x_log.dtype)
 
     def decode(
         self, z_bar: torch.Tensor, design: torch.Tensor | None = None, *, propagate: bool = True
