@@ -302,18 +302,100 @@ def _control_pca(adata) -> np.ndarray:
     return np.asarray(Z)
 
 
-SECTIONS = {"gpovae": section_gpovae, "raptorgraph": section_raptorgraph, "gcrl": section_gcrl, "ot": section_ot}
+def _step_profile(plan, batches: list, repeats: int) -> dict:
+    """Milliseconds per optimisation step on ready minibatches, and a profile: kernel launches, top operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = plan.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    plan.module.train()
+
+    def step(batch) -> None:
+        optimizer.zero_grad()
+        _, _, loss = plan.forward(batch, loss_kwargs=plan.loss_kwargs)
+        loss.loss.backward()
+        torch.nn.utils.clip_grad_norm_(plan.module.parameters(), 100.0)
+        optimizer.step()
+
+    for batch in batches[:2]:
+        step(batch)
+    EpochTimer._sync()
+    start = time.perf_counter()
+    for batch in batches[2 : 2 + repeats]:
+        step(batch)
+    EpochTimer._sync()
+    out = {"ms_per_step_no_loading": round(1e3 * (time.perf_counter() - start) / repeats, 3)}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    n = min(5, repeats)
+    with profile(activities=activities) as prof:
+        for batch in batches[2 : 2 + n]:
+            step(batch)
+        EpochTimer._sync()
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    out["kernel_launches_per_step"] = launches / n
+    out["aten_ops_per_step"] = sum(e.count for e in events if e.key.startswith("aten::")) / n
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
+    out["top_self_cpu_ms_per_step"] = {e.key: round(e.self_cpu_time_total / 1e3 / n, 3) for e in top}
+    if torch.cuda.is_available():
+        device_time = sum(getattr(e, "self_device_time_total", 0.0) for e in events)
+        out["gpu_busy_ms_per_step"] = round(device_time / 1e3 / n, 3)
+    return out
+
+
+def section_gpovae_profile(args) -> dict:
+    """Where a GPO-VAE step goes next to SCVI's, minibatches ready (loading apart)."""
+    import gpovae as bench
+
+    from pertgrn.models import GPOVAE
+    from pertgrn.models._base import PairedAnnDataLoader
+    from pertgrn.models._gpovae._trainingplan import GPOVAETrainingPlan
+
+    adata = bench.simulator_screen() if args.small else bench.k562_screen(args.k562_cells)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    GPOVAE.setup_anndata(adata)
+    model = GPOVAE(adata)
+    model.module.to(device)
+    loader = PairedAnnDataLoader(
+        model.adata_manager, batch_size=128, shuffle=True, partner_columns=model._partner_columns()
+    )
+    batches = [b for _, b in zip(range(args.profile_steps + 2), loader, strict=False)]
+    out = {"loading": bench.loading_profile(model, 128, 10)}
+    plan = GPOVAETrainingPlan(model.module, n_particles=1, lr=1e-3, grn_lr=model.grn_lr)
+    out["gpovae"] = _step_profile(plan, batches, args.profile_steps)
+    print("gpovae", out["gpovae"], flush=True)
+    cells = adata.copy()
+    scvi.model.SCVI.setup_anndata(cells)
+    reference = scvi.model.SCVI(cells)
+    reference.module.to(device)
+    scvi_loader = scvi.dataloaders.AnnDataLoader(reference.adata_manager, batch_size=128, shuffle=True)
+    batches = [b for _, b in zip(range(args.profile_steps + 2), scvi_loader, strict=False)]
+    out["scvi"] = _step_profile(scvi.train.TrainingPlan(reference.module), batches, args.profile_steps)
+    print("scvi", out["scvi"], flush=True)
+    return out
+
+
+SECTIONS = {
+    "gpovae_profile": section_gpovae_profile,
+    "gpovae": section_gpovae,
+    "raptorgraph": section_raptorgraph,
+    "gcrl": section_gcrl,
+    "ot": section_ot,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument(
+        "--sections", nargs="+", choices=list(SECTIONS), default=[k for k in SECTIONS if k != "gpovae_profile"]
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu.json"))
     parser.add_argument("--k562-cells", type=int, default=20_000)
     parser.add_argument("--community-runs", type=int, default=10, help="Leiden runs of pp.tf_communities")
     parser.add_argument("--ate-conditions", type=int, default=200, help="conditions predicted by get_ate")
     parser.add_argument("--ate-cells", type=int, default=500, help="basal cells per condition in get_ate")
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1, help="CPU workers of the OT jobs")
+    parser.add_argument("--profile-steps", type=int, default=10, help="steps timed by gpovae_profile")
     parser.add_argument("--small", action="store_true", help="toy sizes: a check of the script")
     args = parser.parse_args()
     pg.settings.progress_bar = False

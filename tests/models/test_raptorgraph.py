@@ -83,7 +83,7 @@ def trained() -> tuple[RaptorGraph, AnnData]:
 
 
 def _x_log(model: RaptorGraph, adata: AnnData, n: int = 16) -> torch.Tensor:
-    counts = torch.as_tensor(adata.X[:n].toarray(), dtype=torch.float32)
+    counts = torch.as_tensor(adata.X[:n].toarray(), dtype=torch.float32, device=model.module.device)
     return model.module.log_normalise(counts)
 
 
