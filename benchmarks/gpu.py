@@ -343,6 +343,12 @@ def _step_profile(plan, batches: list, repeats: int) -> dict:
     return out
 
 
+def _on(device: str, batch: dict) -> dict:
+    """A minibatch moved to ``device``, as Lightning does before a training step (scvi-tools' modules do not
+    move their inputs while training)."""
+    return {key: value.to(device) for key, value in batch.items()}
+
+
 def section_gpovae_profile(args) -> dict:
     """Where a GPO-VAE step goes next to SCVI's, minibatches ready (loading apart)."""
     import gpovae as bench
@@ -359,7 +365,7 @@ def section_gpovae_profile(args) -> dict:
     loader = PairedAnnDataLoader(
         model.adata_manager, batch_size=128, shuffle=True, partner_columns=model._partner_columns()
     )
-    batches = [b for _, b in zip(range(args.profile_steps + 2), loader, strict=False)]
+    batches = [_on(device, b) for _, b in zip(range(args.profile_steps + 2), loader, strict=False)]
     out = {"loading": bench.loading_profile(model, 128, 10)}
     plan = GPOVAETrainingPlan(model.module, n_particles=1, lr=1e-3, grn_lr=model.grn_lr)
     out["gpovae"] = _step_profile(plan, batches, args.profile_steps)
@@ -369,7 +375,7 @@ def section_gpovae_profile(args) -> dict:
     reference = scvi.model.SCVI(cells)
     reference.module.to(device)
     scvi_loader = scvi.dataloaders.AnnDataLoader(reference.adata_manager, batch_size=128, shuffle=True)
-    batches = [b for _, b in zip(range(args.profile_steps + 2), scvi_loader, strict=False)]
+    batches = [_on(device, b) for _, b in zip(range(args.profile_steps + 2), scvi_loader, strict=False)]
     out["scvi"] = _step_profile(scvi.train.TrainingPlan(reference.module), batches, args.profile_steps)
     print("scvi", out["scvi"], flush=True)
     return out

@@ -79,6 +79,7 @@ def trained() -> tuple[RaptorGraph, AnnData]:
     RaptorGraph.setup_anndata(adata, test_key="test")
     model = RaptorGraph(adata, **SMALL)
     model.train(max_epochs=4, batch_size=32, lr=3e-3, **QUIET)
+    model.to_device("cpu")  # trained on a GPU where there is one; the structural checks below build CPU tensors
     return model, adata
 
 
