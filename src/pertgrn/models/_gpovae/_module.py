@@ -22,6 +22,15 @@ from pertgrn.models._base import (
 )
 from pertgrn.nn import GaussianHead, ResidualMLP, bernoulli_kl, relaxed_bernoulli_straight_through
 
+
+def _normal(loc, scale) -> Normal:
+    """A Normal without argument checks, which would make the GPU wait twice per distribution and step.
+
+    Its scales come from softplus or exp: positive by construction.
+    """
+    return Normal(loc, scale, validate_args=False)
+
+
 GPO_LOSSES = ("full", "sparsity", "dge", "dge_khop", "none")
 GPOLoss = Literal["full", "sparsity", "dge", "dge_khop", "none"]
 GPO_FORMS = ("signed", "bounded_logits")
@@ -328,7 +337,7 @@ class GPOVAEModule(BaseModuleClass):
         rows = self.active_nodes(design)
         masks = self.sample_masks(rows, n_particles, deterministic=deterministic)
         e_loc, e_scale = self.embedding_guide(masks, rows)
-        embedding = e_loc if deterministic else Normal(e_loc, e_scale).rsample()
+        embedding = e_loc if deterministic else _normal(e_loc, e_scale).rsample()
         z_p = torch.einsum("br,prt->pbt", design[:, rows], embedding * masks)
         return {"rows": rows, "masks": masks, "e_loc": e_loc, "e_scale": e_scale, "z_p": z_p}
 
@@ -409,7 +418,7 @@ class GPOVAEModule(BaseModuleClass):
         hz_p = F.linear(out["z_p"], self.encoder_z.weight[:, :n])
         hz, hz_flipped = hz_p, None
         if self.use_artifact and qc is not None:
-            u = u_loc.expand(n_particles, -1) if deterministic else Normal(u_loc, u_scale).rsample((n_particles,))
+            u = u_loc.expand(n_particles, -1) if deterministic else _normal(u_loc, u_scale).rsample((n_particles,))
             a = qc.to(x.dtype).reshape(1, batch, 1)
             z_a = a * u.unsqueeze(1)
             z_a_flipped = (1.0 - a) * u.unsqueeze(1)
@@ -421,7 +430,7 @@ class GPOVAEModule(BaseModuleClass):
             z_a_flipped = None
         hx = self.encoder_x(self.normalise_counts(x))
         qz_loc, qz_scale = self._basal_head(hx.unsqueeze(0) + hz)
-        z_b = qz_loc if deterministic else Normal(qz_loc, qz_scale).rsample()
+        z_b = qz_loc if deterministic else _normal(qz_loc, qz_scale).rsample()
         out.update(
             {
                 "z_b": z_b,
@@ -665,30 +674,30 @@ class GPOVAEModule(BaseModuleClass):
             reconstruction = -px.log_prob(x).sum(-1).mean(0)
 
         # local KL of the basal state
-        qz = Normal(inference_outputs["qz_loc"], inference_outputs["qz_scale"])
-        kl_basal = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1).mean(0)
+        qz = _normal(inference_outputs["qz_loc"], inference_outputs["qz_scale"])
+        kl_basal = kl_divergence(qz, _normal(0.0, 1.0)).sum(-1).mean(0)
 
         # global KL terms of M and E, shared by the cells that perturb a node: weight D_ct / N_t per cell
         rows = inference_outputs["rows"]
         plate = design[:, rows] / self.node_counts[rows].clamp_min(1.0)
         kl_mask_rows = bernoulli_kl(self.grn_logits[rows], self.mask_prior).sum(-1)
-        prior_e = Normal(0.0, self.embedding_prior_scale)
-        q_e = Normal(inference_outputs["e_loc"], inference_outputs["e_scale"])
+        prior_e = _normal(0.0, self.embedding_prior_scale)
+        q_e = _normal(inference_outputs["e_loc"], inference_outputs["e_scale"])
         kl_e_rows = kl_divergence(q_e, prior_e).sum(-1).mean(0)
         kl_mask = plate @ kl_mask_rows
         kl_embedding = plate @ kl_e_rows
 
         kl_artifact = x.new_zeros(batch)
         if self.use_artifact and qc is not None:
-            q_u = Normal(inference_outputs["u_loc"], inference_outputs["u_scale"])
+            q_u = _normal(inference_outputs["u_loc"], inference_outputs["u_scale"])
             kl_u = kl_divergence(q_u, prior_e).sum()
             kl_artifact = qc * kl_u / self.n_qc_fail.clamp_min(1.0)
 
         # counterfactual artifact disentanglement: KL(q(z_b | partner, flipped a) || q(z_b | x, flipped a))
         ade = x.new_zeros(())
         if "has_partner" in inference_outputs:
-            q_partner = Normal(inference_outputs["qz_partner_loc"], inference_outputs["qz_partner_scale"])
-            q_cf = Normal(inference_outputs["qz_cf_loc"], inference_outputs["qz_cf_scale"])
+            q_partner = _normal(inference_outputs["qz_partner_loc"], inference_outputs["qz_partner_scale"])
+            q_cf = _normal(inference_outputs["qz_cf_loc"], inference_outputs["qz_cf_scale"])
             kl_cf = kl_divergence(q_partner, q_cf).sum(-1).mean(0)
             ade = (kl_cf * inference_outputs["has_partner"].to(x.dtype)).sum() / batch
 
@@ -764,7 +773,7 @@ class GPOVAEModule(BaseModuleClass):
         elif rows.numel():
             masks = self.sample_masks(rows, batch)  # one draw per cell
             e_loc, e_scale = self.embedding_guide(masks, rows)
-            embedding = Normal(e_loc, e_scale).sample()
+            embedding = _normal(e_loc, e_scale).sample()
             z_p = torch.einsum("br,brt->bt", design[:, rows], embedding * masks)
         z_a = design.new_zeros(batch, self.n_latent)
         return self.decode(z_b, z_p, z_a)
