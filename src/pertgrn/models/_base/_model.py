@@ -564,7 +564,8 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         self._check_generation_args(n_cells, 1.0, batch_size)
         labels, design = self._parse_perturbations(perturbations)
         design = np.vstack([design, np.zeros((1, design.shape[1]), dtype=design.dtype)])
-        sums = torch.zeros(design.shape[0], self.adata.n_vars, dtype=torch.float64)
+        # summed where the cells are decoded: only conditions × genes leave a GPU, not cells × genes
+        sums = torch.zeros(design.shape[0], self.adata.n_vars, dtype=torch.float64, device=self.module.device)
         with self._seeded(seed), torch.inference_mode():
             basal, library = self._basal_states(adata, int(n_cells)), None
             if isinstance(basal, tuple):
@@ -572,9 +573,9 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
             for flat, rho in self._decoded_chunks(design, basal, int(batch_size)):
                 cells = torch.as_tensor(flat % n_cells, device=rho.device)
                 sizes = None if library is None else library[cells]
-                normalised = self._log_expression(rho, sizes).double().cpu()
-                sums.index_add_(0, torch.as_tensor(flat // n_cells), normalised)
-        means = (sums / n_cells).numpy()
+                normalised = self._log_expression(rho, sizes).double()
+                sums.index_add_(0, torch.as_tensor(flat // n_cells, device=sums.device), normalised)
+        means = (sums / n_cells).cpu().numpy()
         ate = means[:-1] - means[-1]
         ate[~design[:-1].any(axis=1)] = 0.0  # control against control, whatever the Monte Carlo draws
         table = pd.DataFrame(ate, index=pd.Index(labels), columns=pd.Index(self.adata.var_names.astype(str)))
