@@ -1,4 +1,4 @@
-"""Fitting GPO-VAE from a backed ``.h5ad`` (X on disk) against the in-memory path: peak memory and time.
+"""Fitting a model from a backed ``.h5ad`` (X on disk) against the in-memory path: peak memory and time.
 
 A synthetic sparse screen of ``--n-cells`` cells (default 1,000,000) × ``--n-genes`` genes (default
 1,000) is written to ``--path`` in chunks, so that it never exists in memory whole:
@@ -8,10 +8,12 @@ cells, ``--n-extended`` extended genes, and an OT plan in ``obsp`` pairing each 
 8 random controls (the plan of ``pp.ot_pairing`` would be computed on the same cells; its solver is
 benchmarked in ``benchmarks/ot_pairing.py``).
 
-Each path then runs in a fresh process (so that its peak resident memory is its own):
+Each path then runs in a fresh process (so that its peak resident memory is its own), for
+``--model`` GPO-VAE (default; minibatches of ``--batch-size`` cells) or RAPTORGraph (minibatches of
+one condition, up to ``--batch-size`` cells, each with its heaviest OT partner):
 
 ``in_memory``
-    ``anndata.read_h5ad(path)`` (X loaded as a CSR matrix), ``GPOVAE.setup_anndata``, ``GPOVAE(...)``,
+    ``anndata.read_h5ad(path)`` (X loaded as a CSR matrix), ``setup_anndata``, the model,
     ``--steps`` training steps.
 ``backed``
     ``anndata.read_h5ad(path, backed="r")`` (X stays on disk), then the same. The set-up
@@ -116,7 +118,7 @@ def write_screen(path: Path, args) -> dict:
 # ------------------------------------------------------------------------------------------------
 # one path, in its own process
 # ------------------------------------------------------------------------------------------------
-def run_path(path: str, mode: str, steps: int, batch_size: int) -> dict:
+def run_path(path: str, mode: str, steps: int, batch_size: int, model_name: str = "gpovae") -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -126,22 +128,23 @@ def run_path(path: str, mode: str, steps: int, batch_size: int) -> dict:
     import scvi
     import torch
 
-    from pertgrn.models import GPOVAE
+    from pertgrn.models import GPOVAE, RaptorGraph
 
+    model_cls = {"gpovae": GPOVAE, "raptorgraph": RaptorGraph}[model_name]
     for name in ("lightning.pytorch", "lightning.fabric", "scvi"):
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.set_num_threads(1)
     scvi.settings.seed = 0
-    out = {"mode": mode, "rss_start_mib": rss_mib()}
+    out = {"model": model_name, "mode": mode, "rss_start_mib": rss_mib()}
     t0 = time.perf_counter()
     adata = anndata.read_h5ad(path, backed="r" if mode == "backed" else None)
     out["read_s"], out["rss_after_read_mib"] = time.perf_counter() - t0, rss_mib()
     out["x_type"] = type(adata.X).__name__
     t0 = time.perf_counter()
-    GPOVAE.setup_anndata(adata)
+    model_cls.setup_anndata(adata)
     out["setup_s"], out["rss_after_setup_mib"] = time.perf_counter() - t0, rss_mib()
     t0 = time.perf_counter()
-    model = GPOVAE(adata)
+    model = model_cls(adata)
     out["model_s"], out["rss_after_model_mib"] = time.perf_counter() - t0, rss_mib()
     t0 = time.perf_counter()
     model.train(
@@ -168,6 +171,7 @@ def main() -> None:
     parser.add_argument("--n-extended", type=int, default=100)
     parser.add_argument("--counts-per-cell", type=float, default=300.0)
     parser.add_argument("--chunk", type=int, default=50_000)
+    parser.add_argument("--model", choices=["gpovae", "raptorgraph"], default="gpovae")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -177,7 +181,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/backed.json")
     args = parser.parse_args()
     if args.run:  # a child process: one path
-        print(json.dumps(run_path(args.run[0], args.run[1], args.steps, args.batch_size)))
+        print(json.dumps(run_path(args.run[0], args.run[1], args.steps, args.batch_size, args.model)))
         return
 
     result = {
@@ -206,6 +210,8 @@ def main() -> None:
                     str(args.steps),
                     "--batch-size",
                     str(args.batch_size),
+                    "--model",
+                    args.model,
                 ],
                 capture_output=True,
                 text=True,

@@ -11,6 +11,7 @@ import scvi
 import torch
 from anndata import AnnData, read_h5ad
 from anndata_equal import assert_equal
+from lightning.pytorch import Callback
 from models.cases import CASES, ModelCase, tiny_screen
 from scipy import sparse
 
@@ -76,6 +77,22 @@ def test_setup_and_training_change_parameters(case):
     assert changed, "no parameter changed in training"
     history = model.history_summary()
     assert len(history) == 2 and np.isfinite(history["train_loss"]).all()
+
+
+def test_training_after_predictions_runs_in_train_mode(case):
+    """Predictions put the module in eval mode; training again must not run in it (Lightning keeps modes)."""
+    adata = _screen(case)
+    model = _fit(case, adata, max_epochs=1)
+    model.get_latent_representation()
+    assert not model.module.training
+    modes = []
+
+    class RecordMode(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append(pl_module.module.training)
+
+    model.train(max_epochs=1, callbacks=[RecordMode()], **case.train_kwargs)
+    assert modes and all(modes)
 
 
 def test_latents_predictions_and_effects(case, fitted):

@@ -215,6 +215,8 @@ class PerturbationModel(UnsupervisedTrainingMixin, BaseModelClass):
         if max_epochs is None:
             max_epochs = self._default_max_epochs(int((~held_out).sum()), batch_size)
         max_epochs = check_positive_int(max_epochs, "max_epochs")
+        # predictions leave the module in eval mode, and Lightning keeps the modes it finds: train in train mode
+        self.module.train()
         super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,

@@ -43,6 +43,10 @@ _NON_NEGATIVE = ("alpha_rec", "beta_kl", "gamma_mmd", "delta_dagma", "mu_init", 
 _POSITIVE = ("dagma_s", "mmd_fix_sigma", "dag_init_range")
 
 
+#: rows of the count matrix read at once by the set-up statistics
+_CHUNK_ROWS = 10_000
+
+
 class RaptorGraph(PerturbationModel):
     """RAPTORGraph: a β-VAE with a preconditioned GraphPathway encoder and a DAGMA latent DAG.
 
@@ -214,7 +218,9 @@ class RaptorGraph(PerturbationModel):
         # statistics of the training cells only: held-out cells never influence the fit
         train = self.training_mask()
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        library = library_size(counts[train])
+        cells = np.flatnonzero(train)  # read in chunks of rows: X may stay on disk (a backed AnnData)
+        chunks = (cells[i : i + _CHUNK_ROWS] for i in range(0, cells.size, _CHUNK_ROWS))
+        library = np.concatenate([np.zeros(0)] + [library_size(counts[rows]) for rows in chunks])
         target_sum = float(np.median(library[library > 0])) if (library > 0).any() else 1.0
 
         self.module = self._module_cls(
