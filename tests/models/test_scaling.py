@@ -355,6 +355,34 @@ def test_raptorgraph_fits_from_a_backed_anndata_as_in_memory(tmp_path):
     backed.file.close()
 
 
+def test_gcrlvae_fits_from_a_backed_anndata_as_in_memory(tmp_path):
+    """gCRL-VAE reads no statistics of X at set-up: X can stay on disk; the same encodings, then a fit."""
+    from gcrl_fixtures import build_modular_screen
+
+    import pertgrn as pg
+    from pertgrn.models import GCRLVAE
+
+    adata = build_modular_screen()
+    adata.obs["test"] = (adata.obs["pertgrn_n_targets"] > 1).to_numpy()
+    pg.pp.tf_activity(adata, fit_mask=~adata.obs["test"].to_numpy())
+    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    path = tmp_path / "screen.h5ad"
+    adata.write_h5ad(path)
+    backed = anndata.read_h5ad(path, backed="r")
+    assert backed.isbacked and not sparse.issparse(backed.X)
+    fits = []
+    for data in (adata, backed):
+        GCRLVAE.setup_anndata(data, test_key="test")
+        scvi.settings.seed = 0
+        fits.append(GCRLVAE(data))
+    np.testing.assert_array_equal(fits[1].get_latent_representation(), fits[0].get_latent_representation())
+    fits[1].train(max_epochs=2, batch_size=16, enable_progress_bar=False)
+    assert np.isfinite(fits[1].history_summary()["train_loss"].to_numpy()).all()
+    held_out = sorted(adata.obs.loc[adata.obs["test"], "pertgrn_condition"].astype(str).unique())[:2]
+    assert np.isfinite(fits[1].get_ate(held_out, n_cells=30).to_numpy()).all()
+    backed.file.close()
+
+
 def test_registered_fields_pickle_for_spawned_processes(model):
     # Lightning's ddp_spawn pickles the training plan and data splitter, registered fields included
     import pickle
