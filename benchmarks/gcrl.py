@@ -30,6 +30,7 @@ import platform
 import time
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import scvi
 import torch
@@ -49,6 +50,19 @@ def _per_epoch(train, epochs: int) -> dict:
     train(1)  # warm-up (data loaders, first allocations), not timed
     seconds = _seconds(train, epochs)
     return {"seconds": seconds, "epochs": epochs, "seconds_per_epoch": seconds / epochs}
+
+
+def paper_screen(*, n_doubles: int, seed: int = 0, **sizes) -> ad.AnnData:
+    """``datasets.simulate(**sizes)``, doubles cut to 100 cells each, annotated, doubles held out (``test``)."""
+    adata = pg.datasets.simulate(n_doubles=n_doubles, n_unmeasured_targets=0, seed=seed, **sizes)
+    # doubles get 100 cells: resample the simulator's equal condition sizes down
+    doubles = np.flatnonzero(adata.obs["perturbation"].astype(str).str.contains(r"\+").to_numpy())
+    rng = np.random.default_rng(seed)
+    drop = rng.choice(doubles, size=max(doubles.size - 100 * n_doubles, 0), replace=False)
+    adata = adata[np.setdiff1d(np.arange(adata.n_obs), drop)].copy()
+    pg.pp.annotate_perturbations(adata, control="control")
+    adata.obs["test"] = (adata.obs["pertgrn_n_targets"] > 1).to_numpy()
+    return adata
 
 
 def main() -> None:
@@ -72,25 +86,17 @@ def main() -> None:
     trainer = {"enable_progress_bar": False, "accelerator": "auto"}
 
     start = time.perf_counter()
-    adata = pg.datasets.simulate(
+    adata = paper_screen(
         n_genes=args.n_genes,
         n_regulators=args.n_regulators,
         n_tf_modules=args.n_modules,
         n_perturbed=args.n_perturbed,
         n_doubles=args.n_doubles,
-        n_unmeasured_targets=0,
         n_control=args.n_control,
         cells_per_condition=args.cells_per_condition,
         seed=args.seed,
     )
-    # doubles get 100 cells: resample the simulator's equal condition sizes down
-    doubles = np.flatnonzero(adata.obs["perturbation"].astype(str).str.contains(r"\+").to_numpy())
-    rng = np.random.default_rng(args.seed)
-    drop = rng.choice(doubles, size=max(doubles.size - 100 * args.n_doubles, 0), replace=False)
-    adata = adata[np.setdiff1d(np.arange(adata.n_obs), drop)].copy()
     simulate_seconds = time.perf_counter() - start
-    pg.pp.annotate_perturbations(adata, control="control")
-    adata.obs["test"] = (adata.obs["pertgrn_n_targets"] > 1).to_numpy()
     tfs = adata.var_names[adata.var["true_tf_module"].to_numpy() >= 0]
     result: dict = {
         "platform": platform.platform(),

@@ -62,6 +62,11 @@ import scvi
 import pertgrn as pg
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class EpochTimer(lp.Callback):
     """Wall seconds and steps of every training epoch, the GPU synchronised at both ends."""
 
@@ -71,13 +76,8 @@ class EpochTimer(lp.Callback):
         self._start = 0.0
         self._steps = 0
 
-    @staticmethod
-    def _sync() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._sync()
+        _sync()
         self._steps = 0
         self._start = time.perf_counter()
 
@@ -85,7 +85,7 @@ class EpochTimer(lp.Callback):
         self._steps += 1
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._sync()
+        _sync()
         self.seconds.append(time.perf_counter() - self._start)
         self.steps.append(self._steps)
 
@@ -192,16 +192,7 @@ def section_raptorgraph(args) -> dict:
     if args.small:
         adata = bench.simulator()
     else:
-        shape = SimpleNamespace(
-            n_cells=100_000,
-            n_genes=5_000,
-            n_targets=105,
-            n_doubles=131,
-            n_control=8_907,
-            n_measured_targets=105,
-            density=0.1,
-        )
-        adata = bench.synthetic_norman(shape)
+        adata = bench.synthetic_norman(SimpleNamespace(**bench.NORMAN_SCALE))
     out = {"build_s": round(time.perf_counter() - start, 2), "shape": list(adata.shape)}
     RaptorGraph.setup_anndata(adata, test_key="test")
     model = RaptorGraph(adata)
@@ -217,6 +208,8 @@ def section_raptorgraph(args) -> dict:
 
 
 def section_gcrl(args) -> dict:
+    import gcrl as bench
+
     from pertgrn.models import GCRLVAE
 
     sizes = (
@@ -226,17 +219,9 @@ def section_gcrl(args) -> dict:
         else {"n_genes": 1716, "n_regulators": 150, "n_tf_modules": 8, "n_control": 10_000, "n_perturbed": 39}
         | {"cells_per_condition": 640, "n_doubles": 4}
     )
-    out: dict = {}
     start = time.perf_counter()
-    adata = pg.datasets.simulate(n_unmeasured_targets=0, seed=0, **sizes)
-    doubles = np.flatnonzero(adata.obs["perturbation"].astype(str).str.contains(r"\+").to_numpy())
-    rng = np.random.default_rng(0)
-    drop = rng.choice(doubles, size=max(doubles.size - 100 * sizes["n_doubles"], 0), replace=False)
-    adata = adata[np.setdiff1d(np.arange(adata.n_obs), drop)].copy()
-    out["simulate_s"] = round(time.perf_counter() - start, 2)
-    out["shape"] = list(adata.shape)
-    pg.pp.annotate_perturbations(adata, control="control")
-    adata.obs["test"] = (adata.obs["pertgrn_n_targets"] > 1).to_numpy()
+    adata = bench.paper_screen(**sizes)
+    out: dict = {"simulate_s": round(time.perf_counter() - start, 2), "shape": list(adata.shape)}
     tfs = adata.var_names[adata.var["true_tf_module"].to_numpy() >= 0]
     for name, step in (
         ("reference_grn_s", lambda: pg.pp.reference_grn(adata, tfs=tfs, test_key="test")),
@@ -318,18 +303,18 @@ def _step_profile(plan, batches: list, repeats: int) -> dict:
 
     for batch in batches[:2]:
         step(batch)
-    EpochTimer._sync()
+    _sync()
     start = time.perf_counter()
     for batch in batches[2 : 2 + repeats]:
         step(batch)
-    EpochTimer._sync()
+    _sync()
     out = {"ms_per_step_no_loading": round(1e3 * (time.perf_counter() - start) / repeats, 3)}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     n = min(5, repeats)
     with profile(activities=activities) as prof:
         for batch in batches[2 : 2 + n]:
             step(batch)
-        EpochTimer._sync()
+        _sync()
     events = prof.key_averages()
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
     out["kernel_launches_per_step"] = launches / n

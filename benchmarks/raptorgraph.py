@@ -100,6 +100,18 @@ class StepTimer(lp.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+#: the synthetic Norman-scale screen's shape (the defaults of the ``--n-cells`` … ``--density`` options)
+NORMAN_SCALE = {
+    "n_cells": 100_000,
+    "n_genes": 5_000,
+    "n_targets": 105,
+    "n_doubles": 131,
+    "n_control": 8_907,
+    "n_measured_targets": 105,
+    "density": 0.1,
+}
+
+
 def synthetic_norman(args: argparse.Namespace) -> ad.AnnData:
     """A Norman-scale screen: controls, singles, held-out doubles, sparse NB counts, a one-partner plan."""
     rng = np.random.default_rng(0)
@@ -268,13 +280,8 @@ def main() -> None:
         choices=["simulator", "norman_scale", "norman_subset"],
         default=["simulator", "norman_scale", "norman_subset"],
     )
-    parser.add_argument("--n-cells", type=int, default=100_000)
-    parser.add_argument("--n-genes", type=int, default=5_000)
-    parser.add_argument("--n-targets", type=int, default=105)
-    parser.add_argument("--n-doubles", type=int, default=131)
-    parser.add_argument("--n-control", type=int, default=8_907)
-    parser.add_argument("--n-measured-targets", type=int, default=105)
-    parser.add_argument("--density", type=float, default=0.1)
+    for name, default in NORMAN_SCALE.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

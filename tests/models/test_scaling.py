@@ -281,13 +281,19 @@ def _has_cpu_fused() -> bool:
     return True
 
 
-def test_fit_from_a_backed_anndata_matches_in_memory(tmp_path):
-    adata = _screen()
+def _backed_copy(adata, tmp_path):
+    """``adata`` with sparse float32 counts, written to ``tmp_path`` and read back with ``X`` on disk."""
     adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
     path = tmp_path / "screen.h5ad"
     adata.write_h5ad(path)
     backed = anndata.read_h5ad(path, backed="r")
     assert backed.isbacked and not sparse.issparse(backed.X)  # X stays on disk
+    return backed
+
+
+def test_fit_from_a_backed_anndata_matches_in_memory(tmp_path):
+    adata = _screen()
+    backed = _backed_copy(adata, tmp_path)
 
     GPOVAE.setup_anndata(adata)
     in_memory = GPOVAE(adata, **SMALL)
@@ -330,11 +336,7 @@ def test_raptorgraph_fits_from_a_backed_anndata_as_in_memory(tmp_path):
     pg.pp.annotate_perturbations(adata, control="control")
     adata.obs["test"] = (adata.obs["pertgrn_n_targets"] > 1).to_numpy()
     pg.pp.ot_pairing(adata, test_key="test", n_comps=10)
-    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
-    path = tmp_path / "screen.h5ad"
-    adata.write_h5ad(path)
-    backed = anndata.read_h5ad(path, backed="r")
-    assert backed.isbacked and not sparse.issparse(backed.X)
+    backed = _backed_copy(adata, tmp_path)
 
     fits = []
     for data in (adata, backed):
@@ -365,11 +367,7 @@ def test_gcrlvae_fits_from_a_backed_anndata_as_in_memory(tmp_path):
     adata = build_modular_screen()
     adata.obs["test"] = (adata.obs["pertgrn_n_targets"] > 1).to_numpy()
     pg.pp.tf_activity(adata, fit_mask=~adata.obs["test"].to_numpy())
-    adata.X = sparse.csr_matrix(adata.X, dtype=np.float32)
-    path = tmp_path / "screen.h5ad"
-    adata.write_h5ad(path)
-    backed = anndata.read_h5ad(path, backed="r")
-    assert backed.isbacked and not sparse.issparse(backed.X)
+    backed = _backed_copy(adata, tmp_path)
     fits = []
     for data in (adata, backed):
         GCRLVAE.setup_anndata(data, test_key="test")

@@ -93,11 +93,27 @@ def preconditioning_mask(
     return mask
 
 
-def _columns(columns: Sequence[int] | np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Column indices as a flat ``long`` tensor on ``device`` (from a sequence, an array or a tensor on any device)."""
-    if isinstance(columns, torch.Tensor):
-        return columns.to(device=device, dtype=torch.long).reshape(-1)
-    return torch.as_tensor(np.asarray(columns), dtype=torch.long, device=device).reshape(-1)
+def perturbed_first_gather(
+    target_columns: Sequence[int] | np.ndarray | torch.Tensor,
+    other_columns: Sequence[int] | np.ndarray | torch.Tensor,
+    n_genes: int,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked gather of :func:`order_perturbed_first`: column indices and a 0/1 mask of measured columns.
+
+    ``x[..., columns] * measured`` is ``order_perturbed_first(x, ...)``; a module that reorders
+    every minibatch computes the pair once (the checks here wait on a GPU).
+    """
+    tcol, ocol = (
+        c.to(device=device, dtype=torch.long).reshape(-1)
+        if isinstance(c, torch.Tensor)
+        else torch.as_tensor(np.asarray(c), dtype=torch.long, device=device).reshape(-1)
+        for c in (target_columns, other_columns)
+    )
+    if bool((tcol >= n_genes).any()) or bool((ocol < 0).any()) or bool((ocol >= n_genes).any()):
+        raise ValueError(f"Column indices must lie in [0, {n_genes}) (targets may be -1 for unmeasured).")
+    measured = torch.cat([tcol >= 0, torch.ones_like(ocol, dtype=torch.bool)])
+    return torch.cat([tcol.clamp(min=0), ocol]), measured
 
 
 def order_perturbed_first(
@@ -133,13 +149,8 @@ def order_perturbed_first(
     >>> order_perturbed_first(x, target_columns=[2, -1], other_columns=[0, 1])
     tensor([[12.,  0., 10., 11.]])
     """
-    tcol, ocol = (_columns(c, x.device) for c in (target_columns, other_columns))
-    n_genes = x.shape[-1]
-    if bool((tcol >= n_genes).any()) or bool((ocol < 0).any()) or bool((ocol >= n_genes).any()):
-        raise ValueError(f"Column indices must lie in [0, {n_genes}) (targets may be -1 for unmeasured).")
-    measured = tcol >= 0
-    targets = x[..., tcol.clamp(min=0)] * measured.to(x.dtype)
-    return torch.cat([targets, x[..., ocol]], dim=-1)
+    columns, measured = perturbed_first_gather(target_columns, other_columns, x.shape[-1], x.device)
+    return x[..., columns] * measured.to(x.dtype)
 
 
 class GraphPathwayEncoder(nn.Module):

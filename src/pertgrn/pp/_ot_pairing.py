@@ -430,19 +430,20 @@ def _solve_condition(
         )
     else:
         C = _cost_matrix(Zp, Zc, control_sq)  # m x n: a control's costs are contiguous, as the sparse solver scans
-        if method == "emd":
-            num_iter = max_iter if max_iter is not None else max(100_000, 100 * (n + m))
-            rows, cols, vals, stats = _exact_plan(C, Zp, Zc, name=name, solver=solver, num_iter=num_iter)
-            keep = vals > _RELATIVE_ZERO / n
-            rows, cols, vals = _top_k(rows[keep], cols[keep], vals[keep], max_partners)
-        elif method == "sinkhorn":
-            rows, cols, vals, _ = _sinkhorn_plan(
+        if method == "sinkhorn":
+            rows, cols, vals, pair_costs = _sinkhorn_plan(
                 np.ascontiguousarray(C.T), name=name, reg=reg, max_partners=max_partners, max_iter=max_iter
             )
         else:
-            rows, cols, vals = _random_coupling(n, m, np.random.default_rng(seed))
-            rows, cols, vals = _top_k(rows, cols, vals, max_partners)
-        pair_costs = C[cols, rows]
+            if method == "emd":
+                num_iter = max_iter if max_iter is not None else max(100_000, 100 * (n + m))
+                rows, cols, vals, stats = _exact_plan(C, Zp, Zc, name=name, solver=solver, num_iter=num_iter)
+                keep = vals > _RELATIVE_ZERO / n
+                rows, cols, vals = _top_k(rows[keep], cols[keep], vals[keep], max_partners)
+            else:
+                rows, cols, vals = _random_coupling(n, m, np.random.default_rng(seed))
+                rows, cols, vals = _top_k(rows, cols, vals, max_partners)
+            pair_costs = C[cols, rows]
     row_sum = np.bincount(rows, weights=vals, minlength=n)
     if (row_sum <= 0).any():
         raise RuntimeError(f"The transport plan of condition {name!r} left some cells without a partner.")

@@ -10,7 +10,8 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from pertgrn.models._base import DESIGN_KEY, PARTNER_LIBRARY_KEY, PARTNER_X_KEY
-from pertgrn.nn import DAGMALayer, GraphPathwayEncoder, LatentModulator, mk_mmd_loss, order_perturbed_first
+from pertgrn.nn import DAGMALayer, GraphPathwayEncoder, LatentModulator, mk_mmd_loss
+from pertgrn.nn._graph_pathway import perturbed_first_gather
 
 #: ``|A_ij|`` above which an edge of the latent DAG is reported (DAGMA's ``w_threshold``)
 EDGE_THRESHOLD = 0.3
@@ -103,11 +104,9 @@ class RaptorGraphModule(BaseModuleClass):
         self.mmd_fix_sigma, self.mmd_kernel_num = float(mmd_fix_sigma), int(mmd_kernel_num)
         self.register_buffer("target_columns", target_columns)
         self.register_buffer("other_columns", other_columns)
-        # encoder_input's gather, checked once here (order_perturbed_first raises on bad columns) rather
-        # than at every step, where the checks would wait on the GPU; not saved, rebuilt from the columns
-        order_perturbed_first(torch.zeros(1, self.n_genes), target_columns=target_columns, other_columns=other_columns)
-        measured = torch.cat([target_columns >= 0, torch.ones(other_columns.numel(), dtype=torch.bool)])
-        columns = torch.cat([target_columns.clamp(min=0), other_columns])
+        # encoder_input's gather, checked once here rather than at every step, where the checks would
+        # wait on the GPU; not saved, rebuilt from the columns
+        columns, measured = perturbed_first_gather(target_columns, other_columns, self.n_genes)
         self.register_buffer("_encoder_columns", columns, persistent=False)
         self.register_buffer("_encoder_measured", measured.to(torch.get_default_dtype()), persistent=False)
         self.register_buffer("target_sum", torch.tensor(float(target_sum)))
@@ -138,7 +137,7 @@ class RaptorGraphModule(BaseModuleClass):
     def encoder_input(self, x_log: torch.Tensor) -> torch.Tensor:
         """Reorder log-normalised expression for the encoder: targets first (zeros where unmeasured).
 
-        The same as :func:`~pertgrn.nn.order_perturbed_first` with the module's columns, as one gather.
+        :func:`~pertgrn.nn.order_perturbed_first` with the module's columns, its gather computed once.
         """
         return x_log[..., self._encoder_columns] * self._encoder_measured.to(x_log.dtype)
 
