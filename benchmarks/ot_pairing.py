@@ -239,10 +239,15 @@ def _solve(Zp: np.ndarray, Zc: np.ndarray, control_sq: np.ndarray, solver: str, 
     return time.thread_time() - t, cost, stats
 
 
+def _compared(blocks: list, n_compare: int) -> np.ndarray:
+    """Indices of ``n_compare`` evenly spaced conditions."""
+    return np.unique(np.linspace(0, len(blocks) - 1, min(n_compare, len(blocks))).round().astype(int))
+
+
 def compare_solvers(Zc: np.ndarray, blocks: list[tuple[str, np.ndarray]], n_compare: int) -> dict:
     """Both solvers on the same conditions, alternating, one thread."""
     control_sq = np.einsum("ij,ij->i", Zc, Zc)
-    pick = np.unique(np.linspace(0, len(blocks) - 1, min(n_compare, len(blocks))).round().astype(int))
+    pick = _compared(blocks, n_compare)
     load = _load()
     # warm-up: numba kernels (from the on-disk cache) and POT
     _solve(blocks[pick[0]][1][:5], Zc[:50], control_sq[:50], "sparse", "warm-up")
@@ -280,6 +285,101 @@ def compare_solvers(Zc: np.ndarray, blocks: list[tuple[str, np.ndarray]], n_comp
         "load_average_before": load,
         "load_average_after": _load(),
         "conditions": rows,
+    }
+
+
+class _StageTimer:
+    """Thread CPU time spent in each stage of the sparse solver, by wrapping its module-level steps."""
+
+    STAGES = ("_stratified_subsample", "_auction", "_candidates", "_sparse_solve", "_certificate")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)
+        self.auction_calls: list[tuple[int, float]] = []  # (bidders, seconds): the coarse call, then the full one
+
+    def __enter__(self):
+        self._originals = {name: getattr(_emd_sparse, name) for name in self.STAGES}
+        for name, func in self._originals.items():
+            setattr(_emd_sparse, name, self._timed(name, func))
+        return self
+
+    def _timed(self, name, func):
+        def timed(*args, **kwargs):
+            t = time.thread_time()
+            out = func(*args, **kwargs)
+            elapsed = time.thread_time() - t
+            self.seconds[name] += elapsed
+            if name == "_auction":
+                self.auction_calls.append((int(args[1].size), elapsed))
+            return out
+
+        return timed
+
+    def __exit__(self, *exc):
+        for name, func in self._originals.items():
+            setattr(_emd_sparse, name, func)
+
+
+def stage_profile(Zc: np.ndarray, blocks: list[tuple[str, np.ndarray]], pick: np.ndarray) -> dict:
+    """Where the sparse solver's CPU goes, per stage, on the compared conditions (one thread)."""
+    control_sq = np.einsum("ij,ij->i", Zc, Zc)
+    cost_s = total_s = 0.0
+    with threadpool_limits(limits=1, user_api="blas"), _StageTimer() as timer:
+        for k in pick:
+            Zp = blocks[k][1]
+            t = time.thread_time()
+            C = _ot_pairing._cost_matrix(Zp, Zc, control_sq)
+            cost_s += time.thread_time() - t
+            t = time.thread_time()
+            num_iter = max(100_000, 100 * sum(C.shape))  # pp.ot_pairing's default
+            _emd_sparse.certified_transport(C, num_iter=num_iter, cells=Zp, controls=Zc)
+            total_s += time.thread_time() - t
+    n_controls = Zc.shape[0]
+    coarse = sum(s for size, s in timer.auction_calls if size < n_controls)
+    full = sum(s for size, s in timer.auction_calls if size >= n_controls)
+    per = {
+        "cost_matrix": cost_s,
+        "auction_coarse_phases (subsample of controls)": coarse,
+        "auction_fine_phases (all controls)": full,
+        "subsample": timer.seconds["_stratified_subsample"],
+        "candidates": timer.seconds["_candidates"],
+        "sparse_network_simplex": timer.seconds["_sparse_solve"],
+        "certificate": timer.seconds["_certificate"],
+    }
+    per["other (NumPy glue: fixing, arc lists, plan)"] = cost_s + total_s - sum(per.values())
+    n = len(pick)
+    return {
+        "n_conditions": n,
+        "ms_per_condition": {name: round(s / n * 1e3, 1) for name, s in per.items()},
+        "total_ms_per_condition": round((cost_s + total_s) / n * 1e3, 1),
+        "share": {name: round(s / (cost_s + total_s), 3) for name, s in per.items()},
+    }
+
+
+def plain_loop(Zc: np.ndarray, blocks: list[tuple[str, np.ndarray]], pick: np.ndarray) -> dict:
+    """The loop a user would write (``ot.dist`` then ``ot.emd``, cells × controls) against ``solver="dense"``.
+
+    Shows that the dense reference of ``solver_comparison`` is not a slowed-down baseline: both solve
+    the same network-simplex problem, alternating, one thread.
+    """
+    import ot
+
+    control_sq = np.einsum("ij,ij->i", Zc, Zc)
+    plain_s, dense_s = [], []
+    with threadpool_limits(limits=1, user_api="blas"):
+        for k in pick:
+            Zp = blocks[k][1]
+            n, m = Zp.shape[0], Zc.shape[0]
+            t = time.thread_time()
+            M = ot.dist(Zp, Zc)
+            ot.emd(np.full(n, 1.0 / n), np.full(m, 1.0 / m), M, numItermax=max(100_000, 100 * (n + m)))
+            plain_s.append(time.thread_time() - t)
+            dense_s.append(_solve(Zp, Zc, control_sq, "dense", blocks[k][0])[0])
+    return {
+        "n_conditions": len(pick),
+        "plain_ot_dist_then_emd": _ms(plain_s),
+        "solver_dense": _ms(dense_s),
+        "cpu_ratio_plain_over_dense": round(float(np.sum(plain_s) / np.sum(dense_s)), 2),
     }
 
 
@@ -438,6 +538,11 @@ def main(argv: list[str] | None = None) -> None:
     comparison = compare_solvers(Zc, blocks, args.compare_conditions)
     report["solver_comparison"] = comparison
     print(f"[compare] {json.dumps({k: v for k, v in comparison.items() if k != 'conditions'})}", file=sys.stderr)
+    pick = _compared(blocks, args.compare_conditions)
+    report["sparse_stages"] = stage_profile(Zc, blocks, pick)
+    print(f"[stages] {json.dumps(report['sparse_stages'])}", file=sys.stderr)
+    report["plain_loop"] = plain_loop(Zc, blocks, pick[:4])
+    print(f"[plain loop] {json.dumps(report['plain_loop'])}", file=sys.stderr)
     report["memory_per_solve"] = memory_per_solve(Zc, max(blocks, key=lambda b: b[1].shape[0])[1])
     print(f"[memory] {json.dumps(report['memory_per_solve'])}", file=sys.stderr)
 

@@ -11,6 +11,7 @@ from scipy.optimize import linear_sum_assignment, linprog
 from scipy.spatial.distance import cdist
 
 import pertgrn as pg
+from pertgrn.pp import _emd_sparse, _ot_pairing
 
 CONDITION = "pertgrn_condition"
 
@@ -332,7 +333,27 @@ def test_papalexi(shared_data):
     assert reference.shape == (adata.n_obs, 2) and np.isfinite(reference).all()
 
 
-def test_sparse_and_dense_solvers_reach_the_same_optimum():
+def test_small_conditions_go_to_the_dense_simplex(monkeypatch, caplog):
+    """Below SPARSE_MIN_PAIRS cell pairs the sparse solver is slower: those conditions are solved densely."""
+    calls = []
+    certified = _emd_sparse.certified_transport
+
+    def spy(C, **kwargs):
+        calls.append(C.shape)
+        return certified(C, **kwargs)
+
+    monkeypatch.setattr(_emd_sparse, "certified_transport", spy)
+    adata = _screen({"control": 300, "A": 40, "B": 60, "A+B": 7}, dims=4, seed=2)  # 12,000, 18,000, 2,100 pairs
+    with caplog.at_level("INFO", logger="pertgrn"):
+        pg.pp.ot_pairing(adata, use_rep="X_rep")
+    assert calls == [(300, 60)]  # only B reaches the certified solver
+    assert "1 certified" in caplog.text and "2 small ones" in caplog.text
+    pg.pp.ot_pairing(adata, use_rep="X_rep", solver="dense", key_added="dense")
+    np.testing.assert_allclose(adata.uns["ot_pairing"]["costs"]["cost"], adata.uns["dense"]["costs"]["cost"], rtol=1e-9)
+
+
+def test_sparse_and_dense_solvers_reach_the_same_optimum(monkeypatch):
+    monkeypatch.setattr(_ot_pairing, "SPARSE_MIN_PAIRS", 0)  # every condition through the sparse solver
     adata = _screen({"control": 300, "A": 40, "B": 25, "C": 60, "A+B": 7}, dims=6, seed=4)
     pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="sparse")
     pg.pp.ot_pairing(adata, use_rep="X_rep", key_added="dense", solver="dense")
@@ -494,7 +515,6 @@ def test_median_of_a_tensor_is_numpys(size):
 def test_sinkhorn_on_torch_tensors_is_the_numpy_plan(n, m, max_partners):
     """The GPU path (POT's torch backend, top-k on the tensor) on a CPU tensor gives the NumPy path's plan."""
     torch = pytest.importorskip("torch")
-    from pertgrn.pp import _ot_pairing
 
     rng = np.random.default_rng(n)
     Zp, Zc = rng.normal(size=(n, 4)) + 0.5, rng.normal(size=(m, 4))
