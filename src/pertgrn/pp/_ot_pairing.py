@@ -307,6 +307,11 @@ def _cost_matrix(Zp: np.ndarray, Zc: np.ndarray, control_sq: np.ndarray) -> np.n
     return C
 
 
+def emd_iterations(n: int, m: int) -> int:
+    """Default network-simplex iteration limit of ``method="emd"`` for ``n`` cells against ``m`` controls."""
+    return max(100_000, 100 * (n + m))
+
+
 def _exact_plan(
     C: np.ndarray, Zp: np.ndarray, Zc: np.ndarray, *, name: str, solver: str, num_iter: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -441,7 +446,7 @@ def _solve_condition(
             )
         else:
             if method == "emd":
-                num_iter = max_iter if max_iter is not None else max(100_000, 100 * (n + m))
+                num_iter = max_iter if max_iter is not None else emd_iterations(n, m)
                 rows, cols, vals, stats = _exact_plan(C, Zp, Zc, name=name, solver=solver, num_iter=num_iter)
                 keep = vals > _RELATIVE_ZERO / n
                 rows, cols, vals = _top_k(rows[keep], cols[keep], vals[keep], max_partners)
